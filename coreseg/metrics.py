@@ -1,0 +1,142 @@
+"""Every score in one place: masks, boxes, matching, failure; per sample and aggregated.
+
+Empty-target rule (decided once, here): when both the prediction and the truth are empty the
+sample scores Dice = IoU = 1 (nothing to find, nothing found, as LISA does); an empty prediction
+against a non-empty truth scores 0. Every lesion in our data sets has a mask, so this rule only
+matters for user data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from coreseg.answer import Box
+
+
+def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, truth = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {pred.shape} vs {truth.shape}")
+    return pred, truth
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = _pair(pred, truth)
+    total = int(pred.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & truth).sum()) / total
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = _pair(pred, truth)
+    union = int((pred | truth).sum())
+    return 1.0 if union == 0 else int((pred & truth).sum()) / union
+
+
+def mask_box(mask: np.ndarray) -> Box | None:
+    """The tight box of a mask, exclusive ends; None for an empty mask."""
+    rows, cols = np.nonzero(np.asarray(mask))
+    if rows.size == 0:
+        return None
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def mask_giou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Generalised IoU of two masks: IoU − |C \\ (P ∪ G)| / |C|, C the smallest box enclosing both.
+
+    In [−1, 1]; ranks non-overlapping masks by how far apart they are (the coarse segment reward).
+    Both empty → 1; exactly one empty → −1 (the floor: an empty mask is not "close" to anything,
+    and the formula alone would give it up to 0, the best non-overlapping score).
+    """
+    pred, truth = _pair(pred, truth)
+    union = pred | truth
+    if not union.any():
+        return 1.0
+    if not pred.any() or not truth.any():
+        return -1.0
+    x1, y1, x2, y2 = mask_box(union)
+    hull = (x2 - x1) * (y2 - y1)
+    return iou(pred, truth) - (hull - int(union.sum())) / hull
+
+
+def box_iou(a: Box, b: Box) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class BoxMatch:
+    """Hungarian matching of predicted to true boxes on IoU."""
+
+    pairs: tuple[tuple[int, int, float], ...]  # (pred index, truth index, IoU) of matched pairs
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+
+    @property
+    def mean_iou(self) -> float:
+        return float(np.mean([p[2] for p in self.pairs])) if self.pairs else 0.0
+
+    @property
+    def f1(self) -> float:
+        tp, fp, fn = self.true_positives, self.false_positives, self.false_negatives
+        return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def match_boxes(pred: list[Box], truth: list[Box], iou_threshold: float = 0.5) -> BoxMatch:
+    """Match boxes one-to-one maximising total IoU; a pair counts as a true positive at IoU ≥ threshold.
+
+    The matched pairs (all of the assignment, whatever their IoU) feed the mean IoU, so a
+    near-miss still earns partial credit while F1 punishes extra and missing boxes.
+    """
+    if not pred or not truth:
+        return BoxMatch((), 0, len(pred), len(truth))
+    cost = np.array([[box_iou(p, t) for t in truth] for p in pred])
+    rows, cols = linear_sum_assignment(-cost)
+    pairs = tuple((int(r), int(c), float(cost[r, c])) for r, c in zip(rows, cols))
+    tp = sum(1 for _, _, v in pairs if v >= iou_threshold)
+    return BoxMatch(pairs, tp, len(pred) - tp, len(truth) - tp)
+
+
+def detect_score(pred: list[Box], truth: list[Box]) -> float:
+    """Mean IoU of the matched pairs × F1 of the matching (the paper's detect reward)."""
+    m = match_boxes(pred, truth)
+    return m.mean_iou * m.f1
+
+
+@dataclass(frozen=True)
+class SampleScore:
+    dice: float
+    iou: float
+    giou: float
+    box_f1: float
+    box_miou: float
+    parsed: bool
+
+    @property
+    def failed(self) -> bool:
+        """The paper's failure: Dice = 0 or an output that does not parse."""
+        return (not self.parsed) or self.dice == 0.0
+
+
+def score_sample(pred_mask, truth_mask, pred_boxes, truth_boxes, parsed: bool = True) -> SampleScore:
+    match = match_boxes(list(pred_boxes), list(truth_boxes))
+    return SampleScore(dice(pred_mask, truth_mask), iou(pred_mask, truth_mask), mask_giou(pred_mask, truth_mask),
+                       match.f1, match.mean_iou, parsed)
+
+
+def aggregate(scores: list[SampleScore]) -> dict[str, float]:
+    """Mean Dice, mean IoU, failure rate, box F1 over samples (the paper's table)."""
+    if not scores:
+        return {"n": 0, "dice": float("nan"), "iou": float("nan"), "failure_rate": float("nan"), "box_f1": float("nan")}
+    return {
+        "n": len(scores),
+        "dice": float(np.mean([s.dice for s in scores])),
+        "iou": float(np.mean([s.iou for s in scores])),
+        "failure_rate": float(np.mean([s.failed for s in scores])),
+        "box_f1": float(np.mean([s.box_f1 for s in scores])),
+    }

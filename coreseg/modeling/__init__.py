@@ -1,0 +1,1 @@
+"""The CORE-Seg model, one idea per file: reasoner → prompt adapter → segmenter."""

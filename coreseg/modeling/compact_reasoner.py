@@ -1,0 +1,90 @@
+"""The compact reasoner: a small transformers causal LM (Qwen2 architecture, built from a config)
+that reads the segmenter's frozen image embedding as `grid × grid` image tokens and writes the
+answer. It runs on a CPU; trained from scratch by `trainers.sft`."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from coreseg.answer import ANSWER_CLOSE
+from coreseg.config import ReasonerConfig
+from coreseg.modeling.tokenizer import IM_END, IM_START
+from coreseg.modeling.sampling import sample_tokens
+
+EMBEDDING_DIM = 256  # SAM image embeddings have 256 channels
+
+
+class CompactReasoner(nn.Module):
+    def __init__(self, cfg: ReasonerConfig, tokenizer: PreTrainedTokenizerFast):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        head_dim = cfg.hidden_size // cfg.num_heads
+        config = Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size, max_position_embeddings=2048, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=self.stop_ids,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, head_dim=head_dim)
+        self.lm = Qwen2ForCausalLM(config)
+        grid = cfg.image_grid
+        self.image_proj = nn.Sequential(nn.LayerNorm(EMBEDDING_DIM), nn.Linear(EMBEDDING_DIM, cfg.hidden_size))
+        self.image_pos = nn.Parameter(torch.randn(grid * grid, cfg.hidden_size) * 0.02)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cfg.hidden_size
+
+    @property
+    def stop_ids(self) -> list[int]:
+        return [self.tokenizer.convert_tokens_to_ids(ANSWER_CLOSE), self.tokenizer.convert_tokens_to_ids(IM_END)]
+
+    def _prompt_embeds(self, embeddings: torch.Tensor, questions: list[str]) -> list[torch.Tensor]:
+        """`<|im_start|>user` [image tokens] question `<|im_end|><|im_start|>assistant` → embeddings."""
+        grid = self.cfg.image_grid
+        pooled = F.adaptive_avg_pool2d(embeddings.float(), grid).flatten(2).transpose(1, 2)
+        image = self.image_proj(pooled) + self.image_pos
+        embed = self.lm.get_input_embeddings()
+        device = image.device
+        head = embed(torch.tensor(self.tokenizer.encode(f"{IM_START}user\n"), device=device))
+        out = []
+        for i, question in enumerate(questions):
+            tail_ids = self.tokenizer.encode(f"\n{question.strip()}{IM_END}\n{IM_START}assistant\n")
+            out.append(torch.cat([head, image[i], embed(torch.tensor(tail_ids, device=device))]))
+        return out
+
+    def forward_completions(self, images: list[np.ndarray], embeddings: torch.Tensor, questions: list[str],
+                            completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher-forced pass. For each sample: logits predicting each completion token (T × V) and
+        the last layer's hidden state at each completion token (T × H)."""
+        prompts = self._prompt_embeds(embeddings, questions)
+        embed = self.lm.get_input_embeddings()
+        device = prompts[0].device
+        seqs = [torch.cat([p, embed(torch.tensor(c, device=device, dtype=torch.long))]) for p, c in
+                zip(prompts, completions)]
+        length = max(s.shape[0] for s in seqs)
+        inputs = torch.zeros(len(seqs), length, self.hidden_size, device=device, dtype=seqs[0].dtype)
+        attention = torch.zeros(len(seqs), length, dtype=torch.long, device=device)
+        for i, s in enumerate(seqs):
+            inputs[i, :s.shape[0]] = s
+            attention[i, :s.shape[0]] = 1
+        out = self.lm(inputs_embeds=inputs, attention_mask=attention, output_hidden_states=True)
+        logits, hidden = [], []
+        for i, (p, c) in enumerate(zip(prompts, completions)):
+            start, end = p.shape[0], p.shape[0] + len(c)
+            logits.append(out.logits[i, start - 1:end - 1])
+            hidden.append(out.hidden_states[-1][i, start:end])
+        return logits, hidden
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
+                 top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+        """Sample `n` completions as one batch; returns token ids and their log-probabilities."""
+        prompt = self._prompt_embeds(embedding, [question])[0]
+        inputs = prompt.unsqueeze(0).expand(n, -1, -1).contiguous()
+        out = self.lm(inputs_embeds=inputs, use_cache=True)
+        return sample_tokens(self.lm, out, n, self.stop_ids, self.cfg.max_new_tokens, temperature, top_p, generator,
+                             attention_length=inputs.shape[1])

