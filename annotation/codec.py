@@ -2,7 +2,8 @@
 
 Masks are single-channel 8-bit PNGs holding 0 and 255 (viewable as they are; read back as `> 0`), so the
 PNG bytes in the database are also the exported mask files, bit for bit. Scan pixels keep their dtype:
-PNG for uint8/uint16 grey, RGB and RGBA, zlib-compressed `.npy` for anything else (int16 CT, float MR).
+PNG (through `coreseg.scan_io`) for uint8/uint16 grey and uint8 RGB, zlib-compressed `.npy` for anything else
+(int16 CT in Hounsfield units, float MR, uint16 colour).
 """
 from __future__ import annotations
 
@@ -11,10 +12,7 @@ import zlib
 
 import numpy as np
 
-try:  # TEMPORARY until coreseg.scan_io lands
-    from coreseg.scan_io import from_png_bytes, to_png_bytes
-except ImportError:  # pragma: no cover
-    from annotation._png import from_png_bytes, to_png_bytes
+from coreseg.scan_io import from_png_bytes, to_png_bytes
 
 PNG_DTYPES = (np.uint8, np.uint16)
 
@@ -35,12 +33,15 @@ def decode_mask(data: bytes) -> np.ndarray:
 def encode_pixels(pixels: np.ndarray) -> tuple[str, bytes]:
     """(codec, bytes) for a scan's pixels, lossless in the original dtype."""
     pixels = np.asarray(pixels)
-    pngable = pixels.dtype in PNG_DTYPES and (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4)))
-    if pngable:
-        data = to_png_bytes(pixels)
-        back = from_png_bytes(data)
-        if back.dtype == pixels.dtype and back.shape == pixels.shape and np.array_equal(back, pixels):
-            return "png", data
+    if pixels.dtype in PNG_DTYPES:
+        try:
+            data = to_png_bytes(pixels)
+        except ValueError:  # a layout PNG (as scan_io writes it) does not take
+            data = None
+        if data is not None:
+            back = from_png_bytes(data)
+            if back.dtype == pixels.dtype and back.shape == pixels.shape and np.array_equal(back, pixels):
+                return "png", data
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
     return "npy-zlib", zlib.compress(buffer.getvalue(), 6)

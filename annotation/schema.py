@@ -2,9 +2,9 @@
 
 Everything a clinician does is an appended row with its author and time; nothing is updated in place.
 Arrays (scan pixels, masks, token ids and log-probabilities) are stored as compressed or packed bytes, never
-as floats in JSON, so that they come back bit for bit on SQLite and PostgreSQL alike. Times are naive UTC.
+as floats in JSON, so that they come back bit for bit on SQLite and PostgreSQL alike.
 Enumerations are stored as plain strings (validated in Python) so that a migration never has to alter a
-database-native enum type.
+database-native enum type. Times are timezone-aware UTC (stored as UTC, returned aware).
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ class Decision(str, Enum):
 
 
 def utcnow() -> datetime:
-    """Naive UTC now (what every `created_at` holds)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Aware UTC now (what every `created_at` holds)."""
+    return datetime.now(timezone.utc)
 
 
 def _json(**kw: Any) -> Any:

@@ -22,7 +22,6 @@ class Candidate:
     mask_score: float                     # the decoder's predicted IoU
     token_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
-    low_res_logits: np.ndarray | None = None  # 1×256×256 decoder logits, the `mask_input` for refinement
     probe: np.ndarray | None = None       # K×256 semantic prompt tokens from the `<seg>` state (kept for refinement)
     model_version: str = ""
     sampling: dict = field(default_factory=dict)  # temperature, top_p, seed, index in the group

@@ -60,9 +60,9 @@ def read_info(path: str | Path) -> CheckpointInfo:
 
 
 def save_checkpoint(model, path: str | Path, model_version: str, trained: bool = True, parent: str | None = None,
-                    metrics: dict | None = None) -> Path:
-    """Write `model`'s trainable parts and config; the folder is complete or absent (written
-    beside, then renamed)."""
+                    metrics: dict | None = None, dtype: torch.dtype = torch.float16) -> Path:
+    """Write `model`'s trainable parts (as `dtype`: fp16 keeps the shipped model under 30 MB) and
+    config; the folder is complete or absent (written beside, then renamed)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
@@ -70,7 +70,8 @@ def save_checkpoint(model, path: str | Path, model_version: str, trained: bool =
 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(model.trainable_state_dict(), str(tmp / "trainable.safetensors"))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.trainable_state_dict().items()}
+    save_file(state, str(tmp / "trainable.safetensors"))
     if model.config.reasoner.kind == "compact":
         model.reasoner.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_version": model_version, "trained": trained,

@@ -117,7 +117,7 @@ class CoreSegPredictor:
         low_res, scores = self.model.segmenter.decode(embedding, probe=probe, boxes=boxes)
         return [Candidate(text=texts[i], mask=logits_to_mask(low_res[i], height, width),
                           mask_score=float(scores[i, 0]), token_ids=list(ids[i]), token_logprobs=list(logps[i]),
-                          low_res_logits=low_res[i].float().cpu().numpy(), probe=probe[i].float().cpu().numpy(),
+                          probe=probe[i].float().cpu().numpy(),
                           model_version=self.model_version, sampling={**sampling, "index": i}, trained=self.trained)
                 for i in range(len(ids))]
 
@@ -158,11 +158,18 @@ class CoreSegPredictor:
     def refine(self, image: np.ndarray, candidate: Candidate, clicks: list[tuple[float, float, int]] = (),
                box: tuple[float, float, float, float] | None = None) -> Candidate:
         """A new mask from the cached embedding: the candidate's semantic probe together with the
-        user's clicks (x, y, 1 = positive / 0 = negative, original pixels) and box; the previous
-        low-resolution logits go in as `mask_input`."""
+        user's clicks (x, y, 1 = positive / 0 = negative, original pixels) and a box.
+
+        Without a drawn box the box prompt is the extent of the current mask and the positive
+        clicks: medical SAMs (LiteMedSAM) are trained on boxes and drift on points alone, and the
+        decoder is trained with probe + box + points together. Earlier logits are not fed back:
+        LiteMedSAM never saw `mask_input`. An untrained adapter's probe is noise and is left out.
+        """
         image = to_rgb(image)
         height, width = image.shape[:2]
         s = self.model.segmenter.image_size
+        if box is None:
+            box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
         with self._lock:
             embedding = self.embedding(image)
             points = None
@@ -175,18 +182,26 @@ class CoreSegPredictor:
             if box is not None:
                 boxes = torch.tensor([scale_boxes([box], (height, width), (s, s))[0]], dtype=torch.float32,
                                      device=self.device)
-            probe = torch.from_numpy(candidate.probe)[None].to(self.device) if candidate.probe is not None else None
-            mask_input = (torch.from_numpy(candidate.low_res_logits).reshape(1, 1, 256, 256).to(self.device)
-                          if candidate.low_res_logits is not None else None)
-            low_res, scores = self.model.segmenter.decode(embedding, probe=probe, points=points, boxes=boxes,
-                                                          mask_input=mask_input)
-        mask = logits_to_mask(low_res[0], height, width)
-        mask = enforce_clicks(mask, clicks)
+            probe = None
+            if self.trained and candidate.probe is not None:
+                probe = torch.from_numpy(candidate.probe)[None].to(self.device)
+            low_res, scores = self.model.segmenter.decode(embedding, probe=probe, points=points, boxes=boxes)
+        mask = enforce_clicks(logits_to_mask(low_res[0], height, width), clicks)
         return Candidate(text=candidate.text, mask=mask, mask_score=float(scores[0, 0]),
-                         token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs,
-                         low_res_logits=low_res[0].float().cpu().numpy(), probe=candidate.probe,
+                         token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs, probe=candidate.probe,
                          model_version=self.model_version,
                          sampling={**candidate.sampling, "refined_clicks": len(clicks)}, trained=self.trained)
+
+
+def _extent(mask: np.ndarray, points: list[tuple[float, float]]) -> tuple[int, int, int, int] | None:
+    """The box around a mask and some points (None when both are empty)."""
+    from coreseg.metrics import mask_box
+
+    boxes = [b for b in [mask_box(mask)] if b is not None] + [(int(x), int(y), int(x) + 1, int(y) + 1)
+                                                              for x, y in points]
+    if not boxes:
+        return None
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 def enforce_clicks(mask: np.ndarray, clicks, radius_fraction: float = 0.02) -> np.ndarray:

@@ -6,7 +6,11 @@ import torch.nn.functional as F
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + binary cross-entropy on mask logits (B × 1 × H × W) against a 0/1 target, per batch."""
+    """Soft Dice + binary cross-entropy on mask logits (B × 1 × H × W) against a 0/1 target, per batch
+    (the target is resized to the logits when a decoder emits another resolution)."""
+    if target.shape[-2:] != logits.shape[-2:]:
+        target = (F.interpolate(target.float(), size=logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5)
+    target = target.to(logits.dtype)
     prob = torch.sigmoid(logits)
     dims = tuple(range(1, logits.ndim))
     dice = 1 - (2 * (prob * target).sum(dims) + 1) / (prob.sum(dims) + target.sum(dims) + 1)

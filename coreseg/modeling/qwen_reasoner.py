@@ -10,7 +10,6 @@ from torch import nn
 
 from coreseg.answer import ANSWER_CLOSE
 from coreseg.config import ReasonerConfig
-from coreseg.modeling.sampling import sample_tokens
 
 
 class QwenReasoner(nn.Module):
@@ -40,6 +39,12 @@ class QwenReasoner(nn.Module):
             stops.append(close)
         return [s for s in stops if s is not None]
 
+    @property
+    def vision_ids(self) -> list[int]:
+        """Tokens that only the processor may place: a sampled one would break the image alignment."""
+        names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+        return [i for i in self.tokenizer.convert_tokens_to_ids(list(names)) if i is not None]
+
     def _prompts(self, images: list[np.ndarray], questions: list[str]):
         texts = [self.processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.strip()}]}],
@@ -55,6 +60,8 @@ class QwenReasoner(nn.Module):
         logits, hidden = [], []
         for image, question, completion in zip(images, questions, completions):  # one at a time: image sizes differ
             prompt = self._prompts([image], [question]).to(device)
+            vision = set(self.vision_ids)
+            completion = [self.tokenizer.pad_token_id if t in vision else t for t in completion]
             ids = torch.cat([prompt["input_ids"], torch.tensor([completion], device=device)], dim=1)
             out = self.lm(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=prompt["pixel_values"],
                           image_grid_thw=prompt["image_grid_thw"], output_hidden_states=True)
@@ -68,6 +75,24 @@ class QwenReasoner(nn.Module):
                  top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
         device = next(self.lm.parameters()).device
         prompt = self._prompts([image] * n, [question] * n).to(device)
-        out = self.lm(**prompt, use_cache=True)
-        return sample_tokens(self.lm, out, n, self.stop_ids, self.cfg.max_new_tokens, temperature, top_p, generator,
-                             attention_length=prompt["input_ids"].shape[1])
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            torch.manual_seed(int(generator.initial_seed()))
+            out = self.lm.generate(**prompt, do_sample=temperature > 0, temperature=temperature or None,
+                                   top_p=top_p if temperature > 0 else None, top_k=None,
+                                   max_new_tokens=self.cfg.max_new_tokens, eos_token_id=self.stop_ids,
+                                   pad_token_id=self.tokenizer.pad_token_id, output_logits=True,
+                                   suppress_tokens=self.vision_ids,
+                                   return_dict_in_generate=True)
+        new = out.sequences[:, prompt["input_ids"].shape[1]:]
+        ids, logps = [], []
+        for i in range(n):
+            row_ids, row_logps = [], []
+            for step, token in enumerate(new[i].tolist()):
+                scaled = out.logits[step][i].float() / (temperature if temperature > 0 else 1.0)
+                row_ids.append(token)
+                row_logps.append(float(torch.log_softmax(scaled, -1)[token]))
+                if token in self.stop_ids:
+                    break
+            ids.append(row_ids)
+            logps.append(row_logps)
+        return ids, logps

@@ -1,0 +1,653 @@
+"""Datasets out of the feedback store, each with a manifest that makes it a version.
+
+    python -m annotation.export --db PATH --out DIR --format sft|groups|preferences|coco|masks|summary
+        [--status submitted] [--min-raters N] [--since DATE] [--until DATE] [--model-version NAME]
+
+Every export first takes a `VACUUM INTO` snapshot of the database and reads only from it (the app keeps
+writing meanwhile); the manifest records the snapshot's sha256, the filters, the counts and the code version.
+Filters select feedback rows (status, date range, the run's model version, runs with at least N raters).
+A case enters `sft`, `coco` and `masks` when its accepted mask (latest accepted correction) comes from a
+selected feedback row.
+
+- `sft`: TRL conversational JSONL (`messages`: system, user [image, question], assistant
+  `render_answer(edited or proposal reasoning, target, boxes of the accepted mask's connected components)`),
+  with `images/` and `masks/` beside it.
+- `groups`: one GRPO record per run: prompt, image, candidates (text, mask, score, token ids and log-probs,
+  human ranks and ratings), accepted mask.
+- `preferences`: `prompt` / `chosen` / `rejected` pairs from rankings (better rank chosen, ties give no pair)
+  and from edits (edited reasoning chosen over the original).
+- `coco`: COCO instances JSON with compressed RLE masks; `masks`: PNG masks, plus NIfTI with the source
+  geometry for NIfTI scans.
+- `summary`: pandas tables: per annotator, per model version, proposal-vs-accepted Dice, ratings, agreement.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from annotation import codec
+from annotation.schema import RATING_SCALES, SCHEMA_VERSION, Status, utcnow
+from annotation.store import FeedbackError, FeedbackStore
+from coreseg.answer import parse_answer, render_answer
+from coreseg.scan_io import to_png_bytes, write_nifti_mask
+
+# Qwen2.5-VL's chat template inserts exactly this system turn when none is given, which is how the model is
+# prompted at inference (coreseg.modeling.qwen_reasoner): training data must show it the same prompt.
+SYSTEM_PROMPT = "You are a helpful assistant."
+DEFAULT_TARGET = "lesion"
+FORMATS = ("sft", "groups", "preferences", "coco", "masks", "summary")
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    """Which feedback rows an export reads. `until` is exclusive; naive datetimes are UTC."""
+
+    status: tuple[str, ...] = (Status.submitted.value,)
+    min_raters: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    model_versions: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for key in ("since", "until"):
+            out[key] = out[key].isoformat() if out[key] else None
+        out["status"] = list(self.status)
+        out["model_versions"] = list(self.model_versions) if self.model_versions else None
+        return out
+
+    def rows(self, store: FeedbackStore) -> list[dict]:
+        return store.feedback_rows(status=list(self.status), since=self.since, until=self.until,
+                                   model_version=list(self.model_versions) if self.model_versions else None,
+                                   min_raters=self.min_raters)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def component_boxes(mask: np.ndarray, min_pixels: int = 1) -> list[tuple[int, int, int, int]]:
+    """One tight box per 8-connected component, `[x1, y1, x2, y2]` with exclusive ends, top-to-bottom."""
+    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
+    boxes = []
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        rows, cols = found
+        if min_pixels > 1 and int((labels[found] == index).sum()) < min_pixels:
+            continue
+        boxes.append((cols.start, rows.start, cols.stop, rows.stop))
+    return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))
+
+
+def code_version() -> str:
+    """`git describe` of this checkout, else the installed package's version, else 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+        return version("coreseg-studio")
+    except Exception:
+        return "unknown"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prompt_messages(image_ref: str, question: str) -> list[dict]:
+    """The system and user turns, exactly as the model is prompted (image first, then the question)."""
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": [{"type": "image", "image": image_ref},
+                                         {"type": "text", "text": question.strip()}]}]
+
+
+class _Writer:
+    """Writes each image and mask file once under the export folder and remembers its relative path."""
+
+    def __init__(self, store: FeedbackStore, out: Path):
+        self.store, self.out = store, out
+        self.scans: dict[str, dict] = {}
+        self.written: dict[str, str] = {}
+
+    def load_scans(self, hashes) -> None:
+        missing = set(hashes) - set(self.scans)
+        if missing:
+            self.scans.update(self.store.scans_for(missing))
+
+    def _put(self, rel: str, data: bytes) -> str:
+        if rel not in self.written:
+            path = self.out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            self.written[rel] = rel
+        return rel
+
+    def image(self, scan_hash: str) -> str:
+        """images/<hash>.png: the uint8 RGB image the model and the clinician saw."""
+        rel = f"images/{scan_hash}.png"
+        if rel in self.written:
+            return rel
+        self.load_scans([scan_hash])
+        data = self.scans[scan_hash].get("display_png")
+        if data is None:  # a scan stored without its display image: render the pixels plainly
+            pixels = self.store.get_scan_pixels(scan_hash).astype(np.float64)
+            low, high = float(pixels.min()), float(pixels.max())
+            grey = np.zeros(pixels.shape[:2], np.uint8) if high <= low else \
+                np.rint((pixels - low) / (high - low) * 255).astype(np.uint8)
+            if grey.ndim == 3:
+                grey = grey[..., :3] if grey.shape[2] >= 3 else grey[..., 0]
+            data = to_png_bytes(grey)
+        return self._put(rel, data)
+
+    def mask(self, rel: str, png: bytes) -> str:
+        return self._put(rel, png)
+
+
+def _accepted_selection(store: FeedbackStore, rows: list[dict]) -> tuple[dict[int, dict], dict[str, int]]:
+    """case id → accepted correction, for cases whose accepted correction is one of the selected rows."""
+    selected = {r["id"] for r in rows}
+    accepted = store.accepted_corrections({r["case_id"] for r in rows})
+    chosen = {case: acc for case, acc in accepted.items() if acc["feedback_id"] in selected}
+    cases_with_feedback = len({r["case_id"] for r in rows})
+    return chosen, {"cases_with_feedback": cases_with_feedback, "cases_with_accepted_mask": len(chosen),
+                    "cases_without_accepted_mask": cases_with_feedback - len(chosen)}
+
+
+def _target(case: dict, candidate: dict | None) -> str:
+    if case.get("target"):
+        return case["target"]
+    if candidate and candidate.get("target"):
+        return candidate["target"]
+    return DEFAULT_TARGET
+
+
+def _write_jsonl(path: Path, records) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n")
+            count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------- formats
+def export_sft(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
+    """sft.jsonl: one TRL conversational record per case with an accepted mask."""
+    rows = filters.rows(store)
+    accepted, counts = _accepted_selection(store, rows)
+    cases = store.cases_for(accepted)
+    candidates = {c["id"]: c for group in store.candidates_for_runs({a["run_id"] for a in accepted.values()}).values()
+                  for c in group}
+    runs = store.runs_for({a["run_id"] for a in accepted.values()})
+    writer = _Writer(store, out)
+    writer.load_scans({c["scan_hash"] for c in cases.values()})
+    skipped = {"empty_mask": 0, "no_reasoning": 0, "invalid_answer": 0}
+    records = []
+    for case_id in sorted(accepted):
+        acc, case = accepted[case_id], cases[case_id]
+        mask = codec.decode_mask(acc["mask_png"])
+        boxes = component_boxes(mask)
+        if not boxes:
+            skipped["empty_mask"] += 1
+            continue
+        proposal = candidates.get(acc["proposal_candidate_id"])
+        if acc["edited_reasoning"]:
+            reasoning, source = acc["edited_reasoning"], "edited"
+        else:
+            reasoning, source = (proposal or {}).get("reasoning", ""), "model"
+        if not reasoning.strip():
+            skipped["no_reasoning"] += 1
+            continue
+        scan = writer.scans[case["scan_hash"]]
+        answer = render_answer(reasoning, _target(case, proposal), boxes)
+        if not parse_answer(answer, (scan["height"], scan["width"])).ok:
+            skipped["invalid_answer"] += 1
+            continue
+        image = writer.image(case["scan_hash"])
+        mask_rel = writer.mask(f"masks/case-{case_id}.png", acc["mask_png"])
+        records.append({
+            "id": f"case-{case_id}", "case_id": case_id, "feedback_id": acc["feedback_id"],
+            "scan_hash": case["scan_hash"], "model_version": runs[acc["run_id"]]["model_version"],
+            "reasoning_source": source, "images": [image], "mask": mask_rel, "boxes": [list(b) for b in boxes],
+            "messages": prompt_messages(image, case["question"]) + [{"role": "assistant", "content": answer}],
+        })
+    written = _write_jsonl(out / "sft.jsonl", records)
+    return {"feedback_rows": len(rows), **counts, "records": written, "edited_reasoning":
+            sum(r["reasoning_source"] == "edited" for r in records), **{f"skipped_{k}": v for k, v in skipped.items()}}
+
+
+def _human_signal(store: FeedbackStore, rows: list[dict]):
+    ranks = store.rankings_for(r["id"] for r in rows)
+    ratings = store.ratings_for(r["id"] for r in rows)
+    return ranks, ratings
+
+
+def export_groups(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
+    """groups.jsonl: one record per run (a GRPO group) with the candidates and every human signal on them."""
+    rows = filters.rows(store)
+    by_run: dict[int, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(r)
+    ranks, ratings = _human_signal(store, rows)
+    runs = store.runs_for(by_run)
+    groups = store.candidates_for_runs(by_run)
+    cases = store.cases_for({run["case_id"] for run in runs.values()})
+    accepted = store.accepted_corrections(cases)
+    writer = _Writer(store, out)
+    writer.load_scans({c["scan_hash"] for c in cases.values()})
+    records, n_candidates = [], 0
+    for run_id in sorted(by_run):
+        run, feedback = runs[run_id], by_run[run_id]
+        case = cases[run["case_id"]]
+        scan = writer.scans[case["scan_hash"]]
+        image = writer.image(case["scan_hash"])
+        acc = accepted.get(case["id"])
+        candidates = []
+        for cand in groups.get(run_id, []):
+            human_ranks = [{"annotator": f["annotator"], "feedback_id": f["id"], "rank": ranks[f["id"]][cand["id"]]}
+                           for f in feedback if cand["id"] in ranks.get(f["id"], {})]
+            human_ratings = [{"annotator": f["annotator"], "feedback_id": f["id"], "scale": scale, "value": value}
+                             for f in feedback for scale, value in ratings.get(f["id"], {}).get(cand["id"], {}).items()]
+            mean_ratings = {scale: float(np.mean([h["value"] for h in human_ratings if h["scale"] == scale]))
+                            for scale in RATING_SCALES if any(h["scale"] == scale for h in human_ratings)}
+            candidates.append({
+                "candidate_id": cand["id"], "index": cand["group_index"], "text": cand["text"],
+                "reasoning": cand["reasoning"], "target": cand["target"], "boxes": cand["boxes"],
+                "parse_errors": cand["parse_errors"],
+                "mask": writer.mask(f"masks/candidates/{cand['id']}.png", cand["mask_png"]),
+                "mask_area": cand["mask_area"], "mask_score": cand["mask_score"], "token_ids": cand["token_ids"],
+                "token_logprobs": cand["token_logprobs"], "sampling": cand["sampling"], "trained": cand["trained"],
+                "ranks": human_ranks, "ratings": human_ratings,
+                "mean_rank": float(np.mean([h["rank"] for h in human_ranks])) if human_ranks else None,
+                "mean_ratings": mean_ratings,
+                "chosen_by": [f["annotator"] for f in feedback if f["chosen_candidate_id"] == cand["id"]],
+            })
+        n_candidates += len(candidates)
+        records.append({
+            "group_id": run_id, "case_id": case["id"], "scan_hash": case["scan_hash"], "image": image,
+            "height": scan["height"], "width": scan["width"], "question": case["question"],
+            "target": case.get("target"), "prompt": prompt_messages(image, case["question"]),
+            "model_version": run["model_version"], "sampling": run["sampling"], "candidates": candidates,
+            "accepted_mask": writer.mask(f"masks/accepted/case-{case['id']}.png", acc["mask_png"]) if acc else None,
+            "accepted_feedback_id": acc["feedback_id"] if acc else None,
+            "raters": sorted({f["annotator"] for f in feedback}), "n_raters": len({f["annotator_id"] for f in feedback}),
+            "feedback_ids": [f["id"] for f in feedback],
+        })
+    written = _write_jsonl(out / "groups.jsonl", records)
+    return {"feedback_rows": len(rows), "records": written, "candidates": n_candidates,
+            "with_accepted_mask": sum(r["accepted_mask"] is not None for r in records)}
+
+
+def export_preferences(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
+    """preferences.jsonl: chosen/rejected pairs from rankings (strictly better rank) and from edited reasoning."""
+    rows = filters.rows(store)
+    ranks, _ = _human_signal(store, rows)
+    groups = store.candidates_for_runs({r["run_id"] for r in rows})
+    candidates = {c["id"]: c for group in groups.values() for c in group}
+    cases = store.cases_for({r["case_id"] for r in rows})
+    corrections = store.correction_pngs(r["id"] for r in rows if r["proposal_candidate_id"] is not None)
+    writer = _Writer(store, out)
+    writer.load_scans({c["scan_hash"] for c in cases.values()})
+    counts = {"from_ranking": 0, "from_edit": 0, "skipped_ties": 0, "skipped_same_text": 0, "skipped_edit_no_boxes": 0}
+    records = []
+    for fb in rows:
+        case = cases[fb["case_id"]]
+        image = writer.image(case["scan_hash"])
+        base = {"images": [image], "prompt": prompt_messages(image, case["question"]), "feedback_id": fb["id"],
+                "annotator": fb["annotator"], "case_id": fb["case_id"], "run_id": fb["run_id"],
+                "model_version": fb["model_version"]}
+        ranking = ranks.get(fb["id"], {})
+        for (a, rank_a), (b, rank_b) in itertools.combinations(sorted(ranking.items()), 2):
+            if rank_a == rank_b:
+                counts["skipped_ties"] += 1
+                continue
+            (win, win_rank), (lose, lose_rank) = sorted([(a, rank_a), (b, rank_b)], key=lambda item: item[1])
+            if candidates[win]["text"] == candidates[lose]["text"]:
+                counts["skipped_same_text"] += 1
+                continue
+            records.append({**base, "source": "ranking",
+                            "chosen": [{"role": "assistant", "content": candidates[win]["text"]}],
+                            "rejected": [{"role": "assistant", "content": candidates[lose]["text"]}],
+                            "chosen_candidate_id": win, "rejected_candidate_id": lose,
+                            "chosen_rank": win_rank, "rejected_rank": lose_rank})
+            counts["from_ranking"] += 1
+        if fb["edited_reasoning"]:
+            original = candidates[fb["edited_candidate_id"]]
+            if fb["id"] in corrections:
+                boxes = component_boxes(codec.decode_mask(corrections[fb["id"]]))
+            else:
+                boxes = [tuple(b) for b in original["boxes"]]
+            if not boxes:
+                counts["skipped_edit_no_boxes"] += 1
+                continue
+            chosen = render_answer(fb["edited_reasoning"], _target(case, original), boxes)
+            if chosen == original["text"]:
+                counts["skipped_same_text"] += 1
+                continue
+            records.append({**base, "source": "edit", "chosen": [{"role": "assistant", "content": chosen}],
+                            "rejected": [{"role": "assistant", "content": original["text"]}],
+                            "chosen_candidate_id": None, "rejected_candidate_id": original["id"],
+                            "chosen_rank": None, "rejected_rank": None})
+            counts["from_edit"] += 1
+    written = _write_jsonl(out / "preferences.jsonl", records)
+    return {"feedback_rows": len(rows), "records": written, **counts}
+
+
+def _accepted_cases(store: FeedbackStore, filters: ExportFilters):
+    rows = filters.rows(store)
+    accepted, counts = _accepted_selection(store, rows)
+    cases = store.cases_for(accepted)
+    runs = store.runs_for({a["run_id"] for a in accepted.values()})
+    proposals = {c["id"]: c for g in store.candidates_for_runs(runs).values() for c in g}
+    return rows, accepted, counts, cases, runs, proposals
+
+
+def export_coco(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
+    """coco.json: one image per case with an accepted mask, one annotation with its compressed RLE."""
+    from pycocotools import mask as mask_utils
+
+    rows, accepted, counts, cases, runs, proposals = _accepted_cases(store, filters)
+    writer = _Writer(store, out)
+    writer.load_scans({c["scan_hash"] for c in cases.values()})
+    targets = sorted({_target(cases[c], proposals.get(a["proposal_candidate_id"])) for c, a in accepted.items()})
+    category = {name: i for i, name in enumerate(targets, start=1)}
+    images, annotations = [], []
+    for case_id in sorted(accepted):
+        acc, case = accepted[case_id], cases[case_id]
+        scan = writer.scans[case["scan_hash"]]
+        mask = codec.decode_mask(acc["mask_png"])
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+        images.append({"id": case_id, "file_name": writer.image(case["scan_hash"]), "height": scan["height"],
+                       "width": scan["width"], "scan_hash": case["scan_hash"], "question": case["question"],
+                       "modality": scan.get("modality")})
+        annotations.append({
+            "id": len(annotations) + 1, "image_id": case_id,
+            "category_id": category[_target(case, proposals.get(acc["proposal_candidate_id"]))],
+            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            "area": float(mask_utils.area(rle)), "bbox": [x, y, w, h], "iscrowd": 0,
+            "feedback_id": acc["feedback_id"], "model_version": runs[acc["run_id"]]["model_version"],
+            "proposal_dice": acc["proposal_dice"],
+        })
+    coco = {"info": {"description": "CORE-Seg Studio accepted masks", "version": code_version(),
+                     "date_created": utcnow().isoformat()},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": name, "supercategory": "lesion"} for name, i in category.items()]}
+    (out / "coco.json").write_text(json.dumps(coco, ensure_ascii=False))
+    return {"feedback_rows": len(rows), **counts, "images": len(images), "annotations": len(annotations),
+            "categories": len(category)}
+
+
+def export_masks(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
+    """masks/case-<id>.png (0/255) for every case with an accepted mask, and .nii.gz for NIfTI scans."""
+    rows, accepted, counts, cases, runs, _ = _accepted_cases(store, filters)
+    writer = _Writer(store, out)
+    writer.load_scans({c["scan_hash"] for c in cases.values()})
+    index, nifti = [], 0
+    for case_id in sorted(accepted):
+        acc, case = accepted[case_id], cases[case_id]
+        scan = writer.scans[case["scan_hash"]]
+        entry = {"case_id": case_id, "feedback_id": acc["feedback_id"], "scan_hash": case["scan_hash"],
+                 "model_version": runs[acc["run_id"]]["model_version"],
+                 "png": writer.mask(f"masks/case-{case_id}.png", acc["mask_png"]), "nifti": None}
+        if scan.get("source_format") == "nifti":
+            rel = f"masks/case-{case_id}.nii.gz"
+            write_nifti_mask(codec.decode_mask(acc["mask_png"]), scan["meta"], out / rel)
+            entry["nifti"] = rel
+            nifti += 1
+        index.append(entry)
+    _write_jsonl(out / "masks.jsonl", index)
+    return {"feedback_rows": len(rows), **counts, "png": len(index), "nifti": nifti}
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def krippendorff_alpha_interval(units: dict[Any, list[float]]) -> float:
+    """Krippendorff's α (interval metric) over units rated by several raters; NaN when undefined."""
+    values = {u: [float(v) for v in vs] for u, vs in units.items() if len(vs) >= 2}
+    pooled = [v for vs in values.values() for v in vs]
+    n = len(pooled)
+    if n < 2:
+        return float("nan")
+    observed = sum(sum((a - b) ** 2 for a, b in itertools.permutations(vs, 2)) / (len(vs) - 1)
+                   for vs in values.values()) / n
+    pooled_array = np.asarray(pooled)
+    expected = float(((pooled_array[:, None] - pooled_array[None, :]) ** 2).sum()) / (n * (n - 1))
+    return float("nan") if expected == 0 else 1.0 - observed / expected
+
+
+def summary_tables(store: FeedbackStore, filters: ExportFilters) -> dict[str, pd.DataFrame]:
+    """The summary as DataFrames: per annotator, per model version, ratings, agreement."""
+    rows = filters.rows(store)
+    fb = pd.DataFrame(rows, columns=["id", "annotator", "annotator_id", "model_version", "run_id", "case_id", "status",
+                                     "seconds", "clicks", "strokes", "edited_reasoning", "proposal_candidate_id",
+                                     "proposal_dice", "review"]) if rows else pd.DataFrame(
+        columns=["id", "annotator", "annotator_id", "model_version", "run_id", "case_id", "status", "seconds",
+                 "clicks", "strokes", "edited_reasoning", "proposal_candidate_id", "proposal_dice", "review"])
+    ranks, ratings = _human_signal(store, rows)
+    rank_df = pd.DataFrame([{"feedback_id": f, "candidate_id": c, "rank": r} for f, per in ranks.items()
+                            for c, r in per.items()], columns=["feedback_id", "candidate_id", "rank"])
+    rating_df = pd.DataFrame([{"feedback_id": f, "candidate_id": c, "scale": s, "value": v}
+                              for f, per in ratings.items() for c, scales in per.items() for s, v in scales.items()],
+                             columns=["feedback_id", "candidate_id", "scale", "value"])
+    meta = fb[["id", "annotator", "model_version", "run_id"]].rename(columns={"id": "feedback_id"})
+    rank_df, rating_df = rank_df.merge(meta, on="feedback_id"), rating_df.merge(meta, on="feedback_id")
+    fb["has_ranking"] = fb["id"].isin(rank_df["feedback_id"])
+    fb["has_ratings"] = fb["id"].isin(rating_df["feedback_id"])
+    fb["has_correction"] = fb["proposal_candidate_id"].notna()
+    fb["edited"] = fb["edited_reasoning"].notna()
+    fb["proposal_dice"] = pd.to_numeric(fb["proposal_dice"])
+    accepted = store.accepted_corrections(set(fb["case_id"].tolist()))
+    selected = set(fb["id"].tolist())
+    acc_df = pd.DataFrame([{"case_id": c, "feedback_id": a["feedback_id"], "dice": a["proposal_dice"]}
+                           for c, a in accepted.items() if a["feedback_id"] in selected],
+                          columns=["case_id", "feedback_id", "dice"]).merge(
+        meta[["feedback_id", "model_version"]], on="feedback_id", how="left")
+
+    per_annotator = fb.groupby("annotator").agg(
+        feedback=("id", "count"), rankings=("has_ranking", "sum"), ratings=("has_ratings", "sum"),
+        corrections=("has_correction", "sum"), edits=("edited", "sum"), mean_seconds=("seconds", "mean"),
+        mean_proposal_dice=("proposal_dice", "mean"), accepted=("review", lambda s: int((s == "accept").sum())),
+        rejected=("review", lambda s: int((s == "reject").sum())), flagged=("review", lambda s: int((s == "flag").sum())),
+    ).reset_index()
+    per_version = fb.groupby("model_version").agg(
+        runs=("run_id", "nunique"), cases=("case_id", "nunique"), feedback=("id", "count"),
+        corrections=("has_correction", "sum"), mean_proposal_dice=("proposal_dice", "mean")).reset_index()
+    accepted_dice = acc_df.groupby("model_version").agg(
+        accepted_masks=("case_id", "count"), mean_proposal_vs_accepted_dice=("dice", "mean")).reset_index()
+    per_version = per_version.merge(accepted_dice, on="model_version", how="left")
+    mean_rank = rank_df.groupby("model_version")["rank"].mean().rename("mean_rank").reset_index()
+    per_version = per_version.merge(mean_rank, on="model_version", how="left")
+
+    rating_avg = (rating_df.groupby(["model_version", "scale"])["value"].agg(["count", "mean", "std"]).reset_index()
+                  if len(rating_df) else pd.DataFrame(columns=["model_version", "scale", "count", "mean", "std"]))
+    overall = pd.DataFrame([{"model_version": "(all)", "scale": s, "count": int(len(g)), "mean": g["value"].mean(),
+                             "std": g["value"].std()} for s, g in rating_df.groupby("scale")],
+                           columns=["model_version", "scale", "count", "mean", "std"])
+    rating_avg = pd.concat([rating_avg, overall], ignore_index=True) if len(overall) else rating_avg
+
+    agreement = []
+    for scale, g in rating_df.groupby("scale"):
+        latest = g.sort_values("feedback_id").groupby(["candidate_id", "annotator"])["value"].last()
+        units = {c: grp.tolist() for c, grp in latest.groupby(level=0)}
+        multi = {c: v for c, v in units.items() if len(v) >= 2}
+        pairs = [(a, b) for v in multi.values() for a, b in itertools.combinations(v, 2)]
+        agreement.append({"signal": f"rating:{scale}", "items": len(multi), "pairs": len(pairs),
+                          "exact_agreement": float(np.mean([a == b for a, b in pairs])) if pairs else float("nan"),
+                          "mean_abs_diff": float(np.mean([abs(a - b) for a, b in pairs])) if pairs else float("nan"),
+                          "krippendorff_alpha_interval": krippendorff_alpha_interval(multi),
+                          "mean_kendall_tau": float("nan")})
+    taus, top_agree = [], []
+    if len(rank_df):
+        from scipy.stats import kendalltau
+        latest = rank_df.sort_values("feedback_id").groupby(["run_id", "annotator"])
+        per_run: dict[int, dict[str, dict[int, int]]] = {}
+        for (run_id, annotator), g in latest:
+            last = g[g["feedback_id"] == g["feedback_id"].max()]
+            per_run.setdefault(run_id, {})[annotator] = dict(zip(last["candidate_id"], last["rank"]))
+        for by_annotator in per_run.values():
+            for first, second in itertools.combinations(by_annotator.values(), 2):
+                common = sorted(set(first) & set(second))
+                if len(common) >= 2:
+                    tau = kendalltau([first[c] for c in common], [second[c] for c in common]).statistic
+                    if not np.isnan(tau):
+                        taus.append(float(tau))
+                best_1 = {c for c in first if first[c] == min(first.values())}
+                best_2 = {c for c in second if second[c] == min(second.values())}
+                top_agree.append(bool(best_1 & best_2))
+    agreement.append({"signal": "ranking", "items": int(rank_df["run_id"].nunique()) if len(rank_df) else 0,
+                      "pairs": len(top_agree), "exact_agreement": float(np.mean(top_agree)) if top_agree else float("nan"),
+                      "mean_abs_diff": float("nan"), "krippendorff_alpha_interval": float("nan"),
+                      "mean_kendall_tau": float(np.mean(taus)) if taus else float("nan")})
+    totals = pd.DataFrame([{"feedback": len(fb), "annotators": fb["annotator"].nunique(), "runs": fb["run_id"].nunique(),
+                            "cases": fb["case_id"].nunique(), "accepted_masks": len(acc_df),
+                            "mean_proposal_vs_accepted_dice": acc_df["dice"].mean() if len(acc_df) else float("nan")}])
+    return {"totals": totals, "per_annotator": per_annotator, "per_model_version": per_version,
+            "ratings": rating_avg, "agreement": pd.DataFrame(agreement)}
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    """A Markdown table without extra dependencies (pandas' to_markdown needs tabulate)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "" if np.isnan(v) else f"{v:.3f}"
+        return str(v)
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def export_summary(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
+    """summary.md (and one CSV per table): the tables `summary_tables` computes."""
+    tables = summary_tables(store, filters)
+    parts = []
+    for name, df in tables.items():
+        df.to_csv(out / f"summary_{name}.csv", index=False)
+        parts.append(f"## {name.replace('_', ' ')}\n\n{_markdown(df)}\n")
+    text = "# Feedback summary\n\n" + "\n".join(parts)
+    (out / "summary.md").write_text(text)
+    print(text)
+    totals = tables["totals"].iloc[0].to_dict()
+    return {k: (None if isinstance(v, float) and np.isnan(v) else (float(v) if isinstance(v, float) else int(v)))
+            for k, v in totals.items()}
+
+
+EXPORTERS: dict[str, Callable[[FeedbackStore, Path, ExportFilters], dict]] = {
+    "sft": export_sft, "groups": export_groups, "preferences": export_preferences, "coco": export_coco,
+    "masks": export_masks, "summary": export_summary}
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def export(db: str, out_dir: str | Path, fmt: str, filters: ExportFilters | None = None,
+           keep_snapshot: bool = False) -> dict:
+    """Snapshot the database, export `fmt` from the snapshot into `out_dir` (new or empty), write
+    manifest.json and return it."""
+    if fmt not in EXPORTERS:
+        raise FeedbackError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    filters = filters or ExportFilters()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FeedbackError(f"{out} is not empty; export into a new folder so that a dataset is never mixed")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    live = FeedbackStore(db)
+    database: dict[str, Any] = {"backend": live.engine.dialect.name}
+    snapshot_path = None
+    try:
+        if live.is_sqlite:
+            snapshot_path = live.snapshot(out / ".snapshot.sqlite")
+            database.update(snapshot_sha256=file_sha256(snapshot_path), snapshot_bytes=snapshot_path.stat().st_size)
+            store = FeedbackStore(snapshot_path, read_only=True)
+        else:  # no file to hash: record the row counts the export saw
+            store, database["snapshot_sha256"] = live, None
+        try:
+            database["row_counts"] = store.counts()
+            counts = EXPORTERS[fmt](store, out, filters)
+        finally:
+            if store is not live:
+                store.close()
+    finally:
+        live.close()
+    if snapshot_path is not None:
+        if keep_snapshot:
+            snapshot_path.rename(out / "snapshot.sqlite")
+            database["snapshot_file"] = "snapshot.sqlite"
+        else:
+            snapshot_path.unlink()
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    listing = hashlib.sha256()
+    for path in files:
+        listing.update(f"{path.relative_to(out).as_posix()}\0{file_sha256(path)}\n".encode())
+    manifest = {
+        "format": fmt, "created_at": utcnow().isoformat(), "code_version": code_version(),
+        "schema_version": SCHEMA_VERSION, "database": database, "filters": filters.to_json(), "counts": counts,
+        "files": len(files), "files_sha256": listing.hexdigest(), "seconds": round(time.perf_counter() - started, 3),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def _parse_moment(text: str, end: bool) -> datetime:
+    """ISO date or datetime (naive = UTC); a bare date as `--until` means the end of that day."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO date (YYYY-MM-DD) or datetime") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if end and len(text.strip()) == 10:
+        moment += timedelta(days=1)
+    return moment
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m annotation.export",
+                                     description="Export datasets from the feedback store (see module docstring).")
+    parser.add_argument("--db", default=None, help="database path or URL (default: $DATABASE_URL)")
+    parser.add_argument("--out", required=True, help="a new or empty folder")
+    parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--status", action="append", choices=[s.value for s in Status],
+                        help="feedback status to include (repeatable; default submitted)")
+    parser.add_argument("--min-raters", type=int, default=None, help="keep runs with at least N distinct raters")
+    parser.add_argument("--since", type=lambda t: _parse_moment(t, False), default=None, help="from (inclusive)")
+    parser.add_argument("--until", type=lambda t: _parse_moment(t, True), default=None,
+                        help="to (a date includes that whole day)")
+    parser.add_argument("--model-version", action="append", default=None, help="repeatable")
+    parser.add_argument("--keep-snapshot", action="store_true", help="keep the database snapshot beside the data")
+    args = parser.parse_args(argv)
+    filters = ExportFilters(status=tuple(args.status or [Status.submitted.value]), min_raters=args.min_raters,
+                            since=args.since, until=args.until,
+                            model_versions=tuple(args.model_version) if args.model_version else None)
+    try:
+        manifest = export(args.db, args.out, args.format, filters, keep_snapshot=args.keep_snapshot)
+    except FeedbackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.format != "summary":
+        print(json.dumps({k: manifest[k] for k in ("format", "counts", "files", "seconds")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The CORE-Seg model core on real classes: the compact profile with the real LiteMedSAM weights,
+the full profile with a tiny Qwen2.5-VL and a tiny SAM saved to a folder and loaded like real ones."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from coreseg.answer import parse_answer, render_answer
+from coreseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from coreseg.config import ModelConfig, ReasonerConfig, SegmenterConfig
+from coreseg.metrics import dice
+from coreseg.modeling.core_seg import CoreSeg
+from coreseg.modeling.segmenter import mask_to_low_res
+from coreseg.predictor import CoreSegPredictor, scale_boxes
+from tiny_models import TINY_VIT, save_tiny_qwen2_5_vl, save_tiny_sam
+
+SMALL_REASONER = ReasonerConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_new_tokens=40)
+
+
+def lesion_image(height=200, width=260, centre=(90, 130), axes=(30, 45)):
+    """An ultrasound-like picture: speckled bright tissue with a dark ellipse (the 'lesion')."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:height, :width]
+    inside = ((yy - centre[0]) / axes[0]) ** 2 + ((xx - centre[1]) / axes[1]) ** 2 <= 1
+    grey = np.where(inside, 40, 170) + rng.normal(0, 12, (height, width))
+    image = np.clip(grey, 0, 255).astype(np.uint8)
+    return np.repeat(image[:, :, None], 3, axis=2), inside
+
+
+@pytest.fixture(scope="module")
+def compact():
+    torch.manual_seed(0)
+    model = CoreSeg.build(ModelConfig(reasoner=SMALL_REASONER)).eval()
+    return CoreSegPredictor(model, "test-compact", trained=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_full_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    qwen = save_tiny_qwen2_5_vl(folder / "qwen")
+    sam = save_tiny_sam(folder / "sam.pth")
+    return ModelConfig(profile="full",
+                       reasoner=ReasonerConfig(kind="qwen2_5_vl", pretrained=str(qwen), max_new_tokens=24),
+                       segmenter=SegmenterConfig(kind="sam", image_size=256, checkpoint=str(sam), vit=TINY_VIT,
+                                                 pixel_scale="imagenet"),
+                       box_frame=1000)
+
+
+def test_compact_predict_returns_n_candidates_of_image_size(compact):
+    image, _ = lesion_image()
+    candidates = compact.predict(image, "Outline the breast mass.", n_candidates=4, seed=3)
+    assert len(candidates) == 4
+    for c in candidates:
+        assert c.mask.shape == image.shape[:2] and c.mask.dtype == bool
+        assert len(c.token_ids) == len(c.token_logprobs) > 0
+        assert all(lp <= 0 for lp in c.token_logprobs)
+        assert c.trained is False and c.model_version == "test-compact"
+    # one image encoding serves all candidates
+    assert len(compact.cache) == 1
+    # sampling is seeded: the same seed gives the same tokens, another seed other tokens
+    again = compact.predict(image, "Outline the breast mass.", n_candidates=4, seed=3)
+    assert [c.token_ids for c in again] == [c.token_ids for c in candidates]
+    other = compact.predict(image, "Outline the breast mass.", n_candidates=4, seed=4)
+    assert [c.token_ids for c in other] != [c.token_ids for c in candidates]
+
+
+def test_refine_clicks_grow_and_shrink_the_mask(compact):
+    """Real LiteMedSAM: a box around the dark ellipse gives the lesion; a positive click on tissue
+    outside adds there, a negative click inside removes there."""
+    image, truth = lesion_image()
+    base = compact.predict(image, "Outline the lesion.", n_candidates=1, seed=0)[0]
+    boxed = compact.refine(image, base, clicks=[], box=(80, 55, 180, 125))
+    assert dice(boxed.mask, truth) > 0.8
+    grown = compact.refine(image, boxed, clicks=[(230, 180, 1)])
+    assert grown.mask[180, 230] and not boxed.mask[180, 230]
+    assert grown.mask.sum() > boxed.mask.sum()
+    shrunk = compact.refine(image, boxed, clicks=[(130, 90, 0)])
+    assert not shrunk.mask[90, 130] and boxed.mask[90, 130]
+    assert shrunk.mask.sum() < boxed.mask.sum()
+
+
+def test_answer_boxes_are_converted_at_the_model_boundary(compact):
+    size = (200, 260)
+    text = render_answer("A dark oval region.", "breast mass", [(80, 55, 180, 125)])
+    model_text = compact.to_model_frame(text, size)
+    model_box = parse_answer(model_text, (256, 256)).answer.boxes[0]
+    assert model_box == tuple(scale_boxes([(80, 55, 180, 125)], size, (256, 256))[0])
+    assert parse_answer(compact._to_image_frame(model_text, size), size).answer.boxes[0] == pytest.approx(
+        (80, 55, 180, 125), abs=1)
+
+
+def test_compact_checkpoint_round_trip_and_version_check(compact, tmp_path):
+    path = save_checkpoint(compact.model, tmp_path / "ckpt", "v-test", trained=True)
+    loaded, info = load_checkpoint(path, device="cpu")
+    assert info.model_version == "v-test" and info.trained
+    for key, value in compact.model.trainable_state_dict().items():
+        assert torch.equal(loaded.trainable_state_dict()[key].float(), value.float().half().float()), key
+    meta = json.loads((path / "coreseg.json").read_text())
+    meta["format_version"] = 99
+    (path / "coreseg.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a CORE-Seg checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def _sft_step_changes_only_trainable(model: CoreSeg, image: np.ndarray, truth: np.ndarray, frame: int):
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert frozen_before and trainable_before
+    text = render_answer("Normal tissue; a dark oval region.", "lesion",
+                         scale_boxes([(80, 55, 180, 125)], image.shape[:2], (frame, frame)))
+    completion = model.reasoner.tokenizer.encode(text, add_special_tokens=False)
+    embedding = model.segmenter.encode(image)
+    model.train()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    losses = model.sft_loss([image], embedding, ["Outline the lesion."], [completion], mask_to_low_res(truth))
+    losses["loss"].backward()
+    optimizer.step()
+    model.eval()
+    assert torch.isfinite(losses["lm"]) and torch.isfinite(losses["mask"])
+    for n, p in model.named_parameters():
+        if n in frozen_before:
+            assert torch.equal(p, frozen_before[n]), f"frozen {n} changed"
+    changed = [n for n, p in model.named_parameters() if n in trainable_before and not torch.equal(p, trainable_before[n])]
+    groups = {"adapter": "adapter.", "decoder": "segmenter.mask_decoder.", "reasoner": "reasoner."}
+    for group, prefix in groups.items():
+        assert any(n.startswith(prefix) for n in changed), f"no {group} weight changed"
+
+
+def test_compact_sft_step_updates_trainable_and_keeps_frozen_bitwise():
+    torch.manual_seed(0)
+    model = CoreSeg.build(ModelConfig(reasoner=SMALL_REASONER))
+    image, truth = lesion_image()
+    _sft_step_changes_only_trainable(model, image, truth, 256)
+    assert not any(p.requires_grad for p in model.segmenter.image_encoder.parameters())
+
+
+def test_full_profile_tiny_weights_load_predict_train_and_checkpoint(tiny_full_config, tmp_path):
+    model = CoreSeg.build(tiny_full_config).eval()
+    lora = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("reasoner.")]
+    assert lora and all("lora_" in n for n in lora), "only LoRA weights of the reasoner train"
+    predictor = CoreSegPredictor(model, "tiny-full")
+    image, truth = lesion_image(120, 160, (60, 80), (20, 30))
+    candidates = predictor.predict(image, "Outline the lesion.", n_candidates=2, seed=1)
+    assert len(candidates) == 2 and all(c.mask.shape == (120, 160) for c in candidates)
+    assert all(len(c.token_ids) == len(c.token_logprobs) for c in candidates)
+    _sft_step_changes_only_trainable(model, image, truth, 1000)
+    path = save_checkpoint(model, tmp_path / "full", "tiny-full-1")
+    loaded, info = load_checkpoint(path, device="cpu")
+    assert info.config.reasoner.kind == "qwen2_5_vl"
+    for key, value in model.trainable_state_dict().items():
+        assert torch.allclose(loaded.trainable_state_dict()[key].float(), value.float(), atol=1e-3), key
