@@ -125,11 +125,11 @@ def populate(store, n_cases: int = 4, n_candidates: int = 4, annotators=("ann-a"
 
 # ------------------------------------------------------------------------------------ writer processes
 def writer_process(db: str, worker: int, case_id: int, run_id: int, annotator: str, seconds: float,
-                   barrier, results) -> None:
+                   barrier, results, resend_every: int = 10) -> None:
     """Submit feedback in a loop for `seconds` (after all writers meet at `barrier`); report every stored id.
 
-    Every tenth submission is sent twice with the same submission id: the second must return the first id.
-    Any exception (a "database is locked" included) is reported, not swallowed.
+    Every `resend_every`-th submission is sent twice with the same submission id: the second must return the
+    first id (0: never). Any exception (a "database is locked" included) is reported, not swallowed.
     """
     report: dict[str, Any] = {"worker": worker, "ids": [], "resent": 0, "errors": []}
     try:
@@ -140,8 +140,9 @@ def writer_process(db: str, worker: int, case_id: int, run_id: int, annotator: s
         info = store.get_scan_info(store.get_case(case_id)["scan_hash"])
         height, width = info["height"], info["width"]
         rng = np.random.default_rng(worker)
-        barrier.wait(timeout=120)
-        deadline = time.monotonic() + seconds
+        barrier.wait(timeout=300)
+        started = time.monotonic()
+        deadline = started + seconds
         n = 0
         while time.monotonic() < deadline:
             order = rng.permutation(len(cands))
@@ -155,11 +156,12 @@ def writer_process(db: str, worker: int, case_id: int, run_id: int, annotator: s
                           submission_id=f"w{worker}-{n}")
             fid = store.submit_feedback(case_id, run_id, annotator, **kwargs)
             report["ids"].append(fid)
-            if n % 10 == 0:
+            if resend_every and n % resend_every == 0:
                 if store.submit_feedback(case_id, run_id, annotator, **kwargs) != fid:
                     raise AssertionError(f"resending w{worker}-{n} gave a new row")
                 report["resent"] += 1
             n += 1
+        report["seconds"] = time.monotonic() - started
         store.close()
     except BaseException:  # report everything: the test asserts there was nothing
         report["errors"].append(traceback.format_exc())

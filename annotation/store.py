@@ -19,6 +19,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -205,6 +206,7 @@ class FeedbackStore:
         self._run_cache: OrderedDict[int, _RunInfo] = OrderedDict()
         self._mask_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._annotator_cache: dict[str | int, Any] = {}
+        self._cache_lock = threading.Lock()  # the app calls one store from several threads
         self._ensure_schema(backup_before_migrate)
 
     # ------------------------------------------------------------------ connections and transactions
@@ -313,8 +315,10 @@ class FeedbackStore:
         if version is not None and backup_before_migrate and self.is_sqlite and self.path is not None:
             stamp = utcnow().strftime("%Y%m%dT%H%M%S")
             backup = self.path.with_name(f"{self.path.name}.v{version}-{stamp}.bak")
-            if not backup.exists():
+            try:
                 self.snapshot(backup)
+            except FeedbackError:  # another process opening the same file took this very copy
+                pass
 
         def create_or_upgrade(conn: Connection) -> None:
             current = self._read_version(conn)   # re-read under the write lock: another process may have done it
@@ -433,9 +437,10 @@ class FeedbackStore:
                 row = self._annotator_row(conn, key)
             if row is None:
                 raise FeedbackError(f"unknown {what} {ref!r}; register them first (add_annotator)")
-            if len(self._annotator_cache) > 4096:
-                self._annotator_cache.clear()
-            self._annotator_cache[key] = row
+            with self._cache_lock:
+                if len(self._annotator_cache) > 4096:
+                    self._annotator_cache.clear()
+                self._annotator_cache[key] = row
         return row
 
     def _idempotent(self, fn):
@@ -655,9 +660,10 @@ class FeedbackStore:
                                .order_by(T_CAND.c.group_index)).scalars().all()
         info = _RunInfo(run_id, int(row.case_id), int(row.height), int(row.width), tuple(int(i) for i in ids),
                         row.name)
-        self._run_cache[run_id] = info
-        while len(self._run_cache) > 4096:
-            self._run_cache.popitem(last=False)
+        with self._cache_lock:
+            self._run_cache[run_id] = info
+            while len(self._run_cache) > 4096:
+                self._run_cache.popitem(last=False)
         return info
 
     def _candidate_mask(self, candidate_id: int) -> np.ndarray:
@@ -667,9 +673,10 @@ class FeedbackStore:
                 data = conn.execute(select(T_CAND.c.mask_png).where(T_CAND.c.id == candidate_id)).scalar_one()
             cached = codec.decode_mask(data)
             cached.setflags(write=False)
-            self._mask_cache[candidate_id] = cached
-            while len(self._mask_cache) > 256:
-                self._mask_cache.popitem(last=False)
+            with self._cache_lock:
+                self._mask_cache[candidate_id] = cached
+                while len(self._mask_cache) > 256:
+                    self._mask_cache.popitem(last=False)
         return cached
 
     def get_run(self, run_id: int) -> dict:

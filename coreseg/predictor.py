@@ -92,7 +92,7 @@ class CoreSegPredictor:
             generator = torch.Generator().manual_seed(int(seed))
             ids, logps = self.model.reasoner.generate(image, embedding, question, n_candidates, temperature, top_p,
                                                       generator)
-            texts = [self._to_image_frame(self._decode(c), (height, width)) for c in ids]
+            texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in ids]
             return self._draw(image, embedding, question, ids, logps, texts, box_prompt,
                               {"temperature": temperature, "top_p": top_p, "seed": seed})
 
@@ -102,7 +102,7 @@ class CoreSegPredictor:
         image = to_rgb(image)
         with self._lock, torch.no_grad():
             embedding = self.embedding(image)
-            texts = [self._to_image_frame(self._decode(c), image.shape[:2]) for c in completions]
+            texts = [self.to_image_frame(self.decode_text(c), image.shape[:2]) for c in completions]
             return self._draw(image, embedding, question, completions, [[] for _ in completions], texts, box_prompt,
                               {"forced": True})
 
@@ -131,12 +131,13 @@ class CoreSegPredictor:
             rows.append(scale_boxes([box], size, (s, s))[0])
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
-    def _decode(self, ids: list[int]) -> str:
+    def decode_text(self, ids: list[int]) -> str:
+        """Generated ids → the answer text in the model's frame, cut after `</answer>`."""
         text = self.model.reasoner.tokenizer.decode(ids, skip_special_tokens=False)
         end = text.find(ANSWER_CLOSE)
         return text[:end + len(ANSWER_CLOSE)] if end >= 0 else text.replace("<|im_end|>", "").strip()
 
-    def _to_image_frame(self, text: str, size: tuple[int, int]) -> str:
+    def to_image_frame(self, text: str, size: tuple[int, int]) -> str:
         """Re-render a model-frame answer with its boxes in original pixels; unparsable text is kept as is."""
         frame = self.model.config.box_frame
         result = parse_answer(text, (frame, frame))

@@ -88,7 +88,7 @@ def test_answer_boxes_are_converted_at_the_model_boundary(compact):
     model_text = compact.to_model_frame(text, size)
     model_box = parse_answer(model_text, (256, 256)).answer.boxes[0]
     assert model_box == tuple(scale_boxes([(80, 55, 180, 125)], size, (256, 256))[0])
-    assert parse_answer(compact._to_image_frame(model_text, size), size).answer.boxes[0] == pytest.approx(
+    assert parse_answer(compact.to_image_frame(model_text, size), size).answer.boxes[0] == pytest.approx(
         (80, 55, 180, 125), abs=1)
 
 
@@ -117,7 +117,7 @@ def _sft_step_changes_only_trainable(model: CoreSeg, image: np.ndarray, truth: n
     embedding = model.segmenter.encode(image)
     model.train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
-    losses = model.sft_loss([image], embedding, ["Outline the lesion."], [completion], mask_to_low_res(truth))
+    losses = model([image], embedding, ["Outline the lesion."], [completion], mask_to_low_res(truth))
     losses["loss"].backward()
     optimizer.step()
     model.eval()

@@ -67,11 +67,15 @@ class CoreSeg(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if k in names}
 
-    def sft_loss(self, images: list[np.ndarray], embeddings: torch.Tensor, questions: list[str],
-                 completions: list[list[int]], target_masks: torch.Tensor, mask_weight: float = 1.0) -> dict:
-        """Stage 1 loss: text cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256)."""
+    def forward(self, images: list, embeddings: torch.Tensor, questions: list[str], completions: list[list[int]],
+                target_masks: torch.Tensor, boxes: torch.Tensor | None = None, points=None,
+                mask_weight: float = 1.0) -> dict:
+        """The SFT loss (a module's forward, so DDP under `accelerate launch` sees it): text
+        cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256). Optional user-style
+        `boxes`/`points` teach the decoder to combine the probe with refinement prompts."""
         logits, hidden = self.reasoner.forward_completions(images, embeddings, questions, completions)
         lm = token_cross_entropy(logits, completions)
-        mask_logits, _ = self.segmenter.decode(embeddings, probe=self.probe(hidden, completions))
+        mask_logits, _ = self.segmenter.decode(embeddings, probe=self.probe(hidden, completions), points=points,
+                                               boxes=boxes)
         mask = dice_ce_loss(mask_logits, target_masks)
-        return {"loss": lm + mask_weight * mask, "lm": lm.detach(), "mask": mask.detach()}
+        return {"loss": lm + mask_weight * mask, "lm": lm.detach(), "mask": mask.detach(), "mask_logits": mask_logits}

@@ -1,0 +1,84 @@
+"""CORE-Seg Studio: upload a scan, ask, compare N reasoned answers, correct the mask, rate, submit, review.
+
+    python app.py                 # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT), offline
+
+Settings come from the environment (`coreseg.config.AppConfig`): CORESEG_CHECKPOINT (default: the compact
+model in assets/coreseg-compact, or the untrained compact model until one is trained), CORESEG_DB or
+DATABASE_URL, CORESEG_USERS (users file; see `studio/users.py`), CORESEG_CANDIDATES, CORESEG_MAX_UPLOAD_BYTES,
+CORESEG_MAX_PIXELS, GRADIO_TEMP_DIR (private; uploads are deleted once read), CORESEG_DEVICE,
+CORESEG_MODEL_CONCURRENCY.
+
+Named API for `gradio_client` (see studio/API.md): `/predict`, `/refine`, `/submit`, `/session`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+# No analytics, no version check, no hub calls: set before gradio is imported anywhere.
+OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+from coreseg.config import AppConfig  # noqa: E402
+
+log = logging.getLogger("coreseg.studio")
+
+
+def build_app(config: AppConfig, predictor=None, store=None, users=None):
+    """The Gradio Blocks for `config` (a predictor and store may be passed in, e.g. a small model and a
+    temporary database in tests). Launch it with `launch_app`, which adds sign-in and upload limits."""
+    temp_dir = Path(config.temp_dir).resolve()
+    temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(temp_dir, 0o700)
+    os.environ["GRADIO_TEMP_DIR"] = str(temp_dir)   # Gradio's uploads and outputs go here, nowhere else
+
+    from studio.handlers import Studio
+    from studio.ui import build_ui
+
+    studio = Studio(config, predictor=predictor, store=store, users=users)
+    demo = build_ui(studio)
+    demo.queue(default_concurrency_limit=8, max_size=256)
+    demo.coreseg_studio = studio
+    return demo
+
+
+def launch_kwargs(demo, **overrides) -> dict:
+    """What `demo.launch` needs besides host and port: sign-in from the users file, the upload limit, no SSR."""
+    studio = demo.coreseg_studio
+    kwargs = {"server_name": studio.config.host, "server_port": studio.config.port,
+              "max_file_size": studio.config.max_upload_bytes, "ssr_mode": False, "show_error": True,
+              "footer_links": ["api", "settings"]}
+    if studio.users is not None and studio.users.has_passwords:
+        kwargs["auth"] = studio.users.authenticate
+        kwargs["auth_message"] = "CORE-Seg Studio: sign in with the account your admin gave you."
+    kwargs.update(overrides)
+    return kwargs
+
+
+def launch_app(demo, **overrides):
+    """`demo.launch` with `launch_kwargs` (tests pass a free port and `prevent_thread_lock=True`)."""
+    return demo.launch(**launch_kwargs(demo, **overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in OFFLINE_ENV.items():
+        os.environ[key] = value
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = AppConfig.from_env()
+    try:
+        demo = build_app(config)
+    except ValueError as exc:  # a bad users file or database URL
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    studio = demo.coreseg_studio
+    log.info("serving model %s (%s) on %s:%s", studio.predictor.model_version,
+             "trained" if studio.predictor.trained else "UNTRAINED", config.host, config.port)
+    launch_app(demo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Stage 2, GRPO: sample a group of answers per case, reward them, push the policy toward the
+better ones, keep DiceCE on the mask path.
+
+Ground-truth mode (labelled images):
+    python -m trainers.grpo --data ../shared/data --cache runs/features --base CKPT --out DIR \
+        [--steps 100] [--group-size 4] [--beta 0.01] [--lr 2e-5] [--resume]
+
+A step, as plain as we could write it:
+  1. for each case, sample G completions from the current policy (their log-probs are recorded);
+  2. teacher-force them through the policy (log-probs with grad, `<seg>` probes → masks) and the
+     frozen reference (LoRA disabled, or a frozen copy of the compact reasoner);
+  3. rewards = format + detect (Hungarian mIoU × F1) + adaptive dual-granularity segment, scored in
+     the model's frame against the truth; group-normalised advantages; groups with equal rewards
+     are dropped and their share logged;
+  4. loss = clipped-ratio policy term + β·KL (k3) per token, normalised over all kept tokens (DAPO),
+     + DiceCE of every completion's mask against the truth.
+Writes `DIR/log.csv`, `DIR/curves.png` (reward and KL), a checkpoint `DIR/last` (and `DIR/final`).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from coreseg.checkpoint import load_checkpoint, save_checkpoint
+from coreseg.modeling.core_seg import CoreSeg
+from coreseg.modeling.losses import dice_ce_loss
+from coreseg.predictor import CoreSegPredictor
+from trainers.rewards import RewardWeights, group_advantages, score_completions
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    group_size: int = 4
+    beta: float = 0.01            # KL weight; 0 → no reference model is run
+    clip_low: float = 0.2
+    clip_high: float = 0.28       # DAPO's asymmetric clip
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 2e-5
+    mask_weight: float = 1.0
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    weights: RewardWeights = field(default_factory=RewardWeights)
+
+
+@dataclass
+class Group:
+    """One case's completions: what the loss needs. `old_logps` are the sampling policy's
+    log-probabilities (fresh samples or stored ones: the importance ratio corrects for either)."""
+
+    image: np.ndarray | None
+    embedding: torch.Tensor
+    target: torch.Tensor           # 1 × 1 × 256 × 256
+    gt_boxes: list                 # in the model's box frame
+    question: str
+    completions: list[list[int]]
+    old_logps: list[list[float]]
+    columns: dict = field(default_factory=dict)   # extra reward columns (human_rank, human_rating)
+
+
+def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, cfg: GRPOConfig,
+                 generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+    with torch.no_grad():
+        return predictor.model.reasoner.generate(image, embedding, question, cfg.group_size, cfg.temperature,
+                                                 cfg.top_p, generator)
+
+
+def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float) -> torch.Tensor:
+    targets = torch.tensor(ids, device=logits.device)
+    return torch.log_softmax(logits.float() / temperature, -1).gather(1, targets[:, None]).squeeze(1)
+
+
+class ReferencePolicy:
+    """The frozen reference: the base model with LoRA switched off (full profile, no extra memory)
+    or a frozen copy of the compact reasoner as it was when training started."""
+
+    def __init__(self, model: CoreSeg):
+        lm = getattr(model.reasoner, "lm", None)
+        self.peft = hasattr(lm, "disable_adapter") and model.config.reasoner.kind != "compact"
+        self.reasoner = model.reasoner if self.peft else copy.deepcopy(model.reasoner).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def logits(self, images, embeddings, questions, completions):
+        if self.peft:
+            with self.reasoner.lm.disable_adapter():
+                return self.reasoner.forward_completions(images, embeddings, questions, completions)[0]
+        return self.reasoner.forward_completions(images, embeddings, questions, completions)[0]
+
+
+def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Group], cfg: GRPOConfig,
+              predictor: CoreSegPredictor) -> tuple[torch.Tensor, dict]:
+    """The loss of one batch of groups and what to log (rewards per term, KL, dropped share, Dice)."""
+    frame = model.config.box_frame
+    all_rewards, stats_rows, pg_terms, kl_terms, mask_losses, dices = [], [], [], [], [], []
+    per_group = []
+    for g in groups:
+        n = len(g.completions)
+        logits, hidden = model.reasoner.forward_completions([g.image] * n, g.embedding.expand(n, -1, -1, -1),
+                                                            [g.question] * n, g.completions)
+        mask_logits, _ = model.segmenter.decode(g.embedding, probe=model.probe(hidden, g.completions))
+        target = F.interpolate(g.target, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
+        mask_losses.append(dice_ce_loss(mask_logits, target.float().expand(n, -1, -1, -1)))
+        pred = (mask_logits.detach() > 0)[:, 0].cpu().numpy()
+        truth = target[0, 0].cpu().numpy()
+        texts = [predictor.decode_text(c) for c in g.completions]
+        rows = score_completions([g.question] * n, texts, cfg.weights, image_size=[(frame, frame)] * n,
+                                 gt_boxes=[g.gt_boxes] * n, gt_mask=[truth] * n, pred_mask=list(pred), **g.columns)
+        stats_rows += rows
+        all_rewards.append([r["total"] for r in rows])
+        dices += [2 * (p & truth).sum() / max(1, p.sum() + truth.sum()) for p in pred]
+        ref_logits = reference.logits([g.image] * n, g.embedding.expand(n, -1, -1, -1), [g.question] * n,
+                                      g.completions) if reference is not None and cfg.beta > 0 else None
+        per_group.append((logits, ref_logits, g))
+    advantages = group_advantages(np.array(all_rewards), cfg.scale_rewards)
+    tokens = 0
+    for (logits, ref_logits, g), adv_row, keep in zip(per_group, advantages.advantages, advantages.keep_mask):
+        if not keep:
+            continue
+        for i, ids in enumerate(g.completions):
+            new = _token_logps(logits[i], ids, cfg.temperature)
+            old = torch.tensor(g.old_logps[i][:len(ids)], device=new.device, dtype=new.dtype)
+            ratio = torch.exp(new - old)
+            adv = float(adv_row[i])
+            pg = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * adv)
+            if ref_logits is not None:
+                ref = _token_logps(ref_logits[i], ids, cfg.temperature)
+                kl = torch.exp(ref - new) - (ref - new) - 1  # k3, "low_var_kl"
+                kl_terms.append(kl.detach().sum())
+                pg = pg + cfg.beta * kl
+            pg_terms.append(pg.sum())
+            tokens += len(ids)
+    policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=mask_losses[0].device)
+    mask = torch.stack(mask_losses).mean()
+    loss = policy + cfg.mask_weight * mask
+    stats = {"reward": float(np.mean(all_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
+             "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
+             "frac_zero_std": advantages.frac_zero_std, "dice": float(np.mean(dices))}
+    for term in ("format", "detect", "segment", "human"):
+        values = [r[term] for r in stats_rows if r[term] is not None]
+        stats[term] = float(np.mean(values)) if values else None
+    return loss, stats
+
+
+def plot_curves(log_path: Path, png_path: Path) -> None:
+    """Reward (total and per term) and KL against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with log_path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    steps = [int(r["step"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("reward", "format", "detect", "segment", "human"):
+        values = [float(r[key]) if r.get(key) not in (None, "", "None") else np.nan for r in rows]
+        if not np.all(np.isnan(values)):
+            a.plot(steps, values, label=key)
+    a.set_xlabel("step"), a.set_title("reward (mean over the batch's completions)"), a.legend()
+    b.plot(steps, [float(r["kl"]) for r in rows], color="tab:red")
+    b.set_xlabel("step"), b.set_title("KL to the reference (per token)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)
+
+
+class StepLog:
+    """Append-only CSV of step statistics (survives a crash; --resume appends)."""
+
+    FIELDS = ["step", "reward", "format", "detect", "segment", "human", "kl", "frac_zero_std", "dice", "policy_loss",
+              "mask_loss", "seconds"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        new = not path.exists()
+        self.file = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.5f}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+
+
+def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: Path, version: str,
+                 resume: bool = False, save_every: int = 20, desc: str = "grpo", parent: str | None = None) -> Path:
+    """The GRPO loop shared by both modes. `make_groups(step, predictor, generator)` returns the
+    step's groups. Saves `out/last` every `save_every` steps with the optimizer state, so `--resume`
+    continues from there; returns the final checkpoint path."""
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "trainer_state.pt"
+    start = 0
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
+    if resume and state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        model, _ = load_checkpoint(out / "last", device="cpu")
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    model.train()
+    reference = ReferencePolicy(model) if cfg.beta > 0 else None
+    predictor = CoreSegPredictor(model, version)
+    log = StepLog(out / "log.csv")
+    generator = torch.Generator().manual_seed(1234 + start)
+    for step in tqdm(range(start, steps), desc=desc, initial=start, total=steps):
+        t0 = time.time()
+        model.eval()  # sampling without dropout; the loss pass below is deterministic too
+        groups = make_groups(step, predictor, generator)
+        model.train()
+        loss, stats = grpo_loss(model, reference, groups, cfg, predictor)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
+        if (step + 1) % save_every == 0 or step + 1 == steps:
+            path = save_checkpoint(model, out / "last", f"{version}-s{step + 1}", parent=parent)
+            torch.save({"step": step + 1, "optimizer": optimizer.state_dict()}, state_file)
+    plot_curves(out / "log.csv", out / "curves.png")
+    model.eval()
+    return out / "last"
+
+
+def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
+    """`make_groups` for labelled images: each step takes the next `batch_cases` cases."""
+    order = random.Random(seed).sample(cases, len(cases))
+
+    def make(step, predictor, generator):
+        rng = random.Random(seed * 7919 + step)
+        groups = []
+        for j in range(batch_cases):
+            case = order[(step * batch_cases + j) % len(order)]
+            question, _ = case.sample_text(rng, predictor.model.config.box_frame)
+            frame = predictor.model.config.box_frame
+            from coreseg.predictor import scale_boxes
+
+            ids, logps = sample_group(predictor, case.image, case.embedding, question, cfg, generator)
+            groups.append(Group(case.image, case.embedding, case.target,
+                                scale_boxes(case.facts.boxes, case.thumb_size, (frame, frame)), question, ids, logps))
+        return groups
+
+    return make
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="labelled data folder (ground-truth mode)")
+    parser.add_argument("--cache", default="runs/features")
+    parser.add_argument("--db", help="feedback database (feedback mode; see trainers.feedback)")
+    parser.add_argument("--base", required=True, help="checkpoint to start from")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--sets", default="busbra,kvasir,ph2")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-cases", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--beta", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--human-weight", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--version", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if args.db:
+        from trainers.feedback import run_rounds
+
+        run_rounds(args)
+        return
+    if not args.data:
+        parser.error("give --data (ground-truth mode) or --db (feedback mode)")
+    from trainers.samples import load_cases
+
+    cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature)
+    cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit)
+    if not cases:
+        raise SystemExit(f"no cached training features under {args.cache}")
+    model, info = load_checkpoint(args.base, device="cpu")
+    version = args.version or f"grpo-{time.strftime('%Y%m%d-%H%M')}"
+    out = Path(args.out)
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps({"base": str(args.base), "base_version": info.model_version,
+                                              "config": asdict(cfg), "args": vars(args)}, indent=1, default=str))
+    last = train_groups(model, ground_truth_groups(cases, cfg, args.batch_cases, args.seed), args.steps, cfg, out,
+                        version, resume=args.resume, parent=info.model_version)
+    final = out / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(last, final)
+    print(f"wrote {final} and {out / 'curves.png'}")
+
+
+if __name__ == "__main__":
+    main()

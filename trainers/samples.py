@@ -1,0 +1,67 @@
+"""Training cases from the feature cache: embedding + target mask + a freshly worded answer.
+
+Shared by SFT, GRPO and evaluation so that all three see the same data the same way.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coreseg.answer import render_answer
+from coreseg.datasets import LabelledImage, load_split, read_image
+from coreseg.predictor import scale_boxes
+from trainers.features import feature_path, interleave, load_features
+from trainers.questions import sample_question
+from trainers.reasoning import MODALITY_OF, LesionFacts, build_reasoning, describe_lesion, target_name
+
+
+@dataclass
+class Case:
+    """One labelled image, ready for the model."""
+
+    item: LabelledImage
+    embedding: torch.Tensor          # 1 × 256 × 64 × 64
+    target: torch.Tensor             # 1 × 1 × 256 × 256 (decoder frame)
+    size: tuple[int, int]            # original (H, W)
+    facts: LesionFacts               # measured on the aspect-preserving thumbnail
+    thumb_size: tuple[int, int]
+    image: np.ndarray | None = field(default=None, repr=False)  # display image (full profile only)
+
+    @property
+    def set_name(self) -> str:
+        return self.item.set_name
+
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """The lesion's boxes in original pixels."""
+        return scale_boxes(self.facts.boxes, self.thumb_size, self.size)
+
+    def sample_text(self, rng: random.Random, frame: int) -> tuple[str, str]:
+        """(question, answer in the model's box frame), worded anew from `rng`."""
+        key = self.set_name
+        question = sample_question(key, self.item.labels, rng)
+        reasoning = build_reasoning(self.facts, key, self.item.labels, rng, modality=MODALITY_OF.get(key))
+        boxes = scale_boxes(self.facts.boxes, self.thumb_size, (frame, frame))
+        return question, render_answer(reasoning, target_name(key, len(boxes)), boxes)
+
+
+def load_cases(data_dir, cache_dir, sets: list[str], split: str, limit: int | None = None,
+               with_images: bool = False, require_cached: bool = True) -> list[Case]:
+    """Cases of `sets`/`split` whose features are cached (first `limit` per set, in name order)."""
+    cases = []
+    for item in interleave([load_split(data_dir, s, split)[:limit] for s in sets]):
+        path = feature_path(Path(cache_dir), item)
+        if not path.exists():
+            if require_cached:
+                continue
+            raise FileNotFoundError(f"no features for {item.image_id}: run python -m trainers.features first")
+        f = load_features(path)
+        facts = describe_lesion(f["thumb"], f["thumb_mask"], MODALITY_OF.get(item.set_name))
+        cases.append(Case(item, torch.from_numpy(f["embedding"].astype(np.float32))[None],
+                          torch.from_numpy(f["target"].astype(np.float32))[None, None],
+                          tuple(int(v) for v in f["size"]), facts, f["thumb_mask"].shape[:2],
+                          read_image(item) if with_images else None))
+    return cases

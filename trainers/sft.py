@@ -1,0 +1,212 @@
+"""Stage 1, SFT ("CoT-based semantic alignment"): text cross-entropy + DiceCE on the probe's mask.
+
+    python -m trainers.sft --data ../shared/data --cache runs/features --out runs/sft \
+        [--profile compact|full] [--init CKPT] [--epochs 4] [--batch-size 8] [--lr 5e-4] [--resume]
+
+Trains the compact reasoner (or LoRA), the adapter and the mask decoder; the image encoder is frozen
+and read from the feature cache (`python -m trainers.features`). One checkpoint per epoch
+(`OUT/epoch-K`, and `OUT/last`), a CSV of the losses, and `--resume` from the last epoch. Runs under
+`accelerate launch` unchanged: each process takes its share of every epoch's cases.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coreseg.checkpoint import load_checkpoint, save_checkpoint
+from coreseg.config import ModelConfig, ReasonerConfig
+from coreseg.modeling.core_seg import CoreSeg
+from coreseg.modeling.tokenizer import build_tokenizer
+from trainers.samples import Case, load_cases
+
+
+def prompt_mix(cases: list[Case], rng: random.Random, image_size: int, share: float):
+    """With probability `share` per batch, user-style prompts from the truth: a jittered box, and
+    half of those times also one positive and one negative click (teaches refinement)."""
+    if rng.random() >= share:
+        return None, None
+    boxes, coords, labels = [], [], []
+    for case in cases:
+        target = case.target[0, 0].numpy() > 0.5
+        ys, xs = np.nonzero(target)
+        scale = image_size / target.shape[0]
+        if len(xs) == 0:
+            x1, y1, x2, y2 = 0, 0, target.shape[1], target.shape[0]
+        else:
+            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        w, h = x2 - x1, y2 - y1
+        jitter = [rng.uniform(-0.1, 0.1) * d for d in (w, h, w, h)]
+        boxes.append([(x1 + jitter[0]) * scale, (y1 + jitter[1]) * scale, (x2 + jitter[2]) * scale,
+                      (y2 + jitter[3]) * scale])
+        inside = rng.randrange(len(xs)) if len(xs) else 0
+        out_y, out_x = np.nonzero(~target)
+        outside = rng.randrange(len(out_x))
+        coords.append([[xs[inside] * scale if len(xs) else 0, ys[inside] * scale if len(xs) else 0],
+                       [out_x[outside] * scale, out_y[outside] * scale]])
+        labels.append([1, 0])
+    boxes = torch.tensor(boxes, dtype=torch.float32)
+    points = (torch.tensor(coords, dtype=torch.float32), torch.tensor(labels)) if rng.random() < 0.5 else None
+    return boxes, points
+
+
+def encode_batch(model: CoreSeg, cases: list[Case], rng: random.Random):
+    questions, completions = [], []
+    for case in cases:
+        question, answer = case.sample_text(rng, model.config.box_frame)
+        questions.append(question)
+        completions.append(model.reasoner.tokenizer.encode(answer, add_special_tokens=False))
+    return questions, completions
+
+
+@torch.no_grad()
+def validate(model: CoreSeg, cases: list[Case], batch_size: int, seed: int = 0) -> dict:
+    """Teacher-forced validation: text loss and the probe mask's Dice (decoder frame)."""
+    model.eval()
+    rng = random.Random(seed)
+    lm, dices = [], []
+    for i in range(0, len(cases), batch_size):
+        batch = cases[i:i + batch_size]
+        questions, completions = encode_batch(model, batch, rng)
+        out = model([c.image for c in batch], torch.cat([c.embedding for c in batch]), questions, completions,
+                    torch.cat([c.target for c in batch]))
+        lm.append(float(out["lm"]))
+        pred = (out["mask_logits"] > 0).float()
+        target = torch.nn.functional.interpolate(torch.cat([c.target for c in batch]), size=pred.shape[-2:]) > 0.5
+        inter = (pred * target).sum((1, 2, 3))
+        dices += (2 * inter / (pred.sum((1, 2, 3)) + target.sum((1, 2, 3))).clamp(min=1)).tolist()
+    model.train()
+    return {"val_lm": float(np.mean(lm)) if lm else float("nan"), "val_dice": float(np.mean(dices)) if dices else float("nan")}
+
+
+def build_model(args, cases: list[Case]) -> CoreSeg:
+    if args.init:
+        model, _ = load_checkpoint(args.init, device="cpu")
+        return model
+    if args.profile == "full":
+        return CoreSeg.build(ModelConfig.full(args.pretrained))
+    rng = random.Random(args.seed)
+    corpus = [text for case in cases[:600] for text in case.sample_text(rng, 256)]
+    reasoner = ReasonerConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+                              intermediate_size=args.hidden * 3)
+    return CoreSeg.build(ModelConfig(reasoner=reasoner), tokenizer=build_tokenizer(corpus))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder with busbra/, kvasir-seg/, ph2/")
+    parser.add_argument("--cache", default="runs/features", help="feature cache from trainers.features")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--sets", default="busbra,kvasir,ph2")
+    parser.add_argument("--profile", choices=["compact", "full"], default="compact")
+    parser.add_argument("--pretrained", default="Qwen/Qwen2.5-VL-3B-Instruct", help="full profile: hub id or folder")
+    parser.add_argument("--init", default=None, help="start from this checkpoint")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--prompt-share", type=float, default=0.3, help="share of batches with box/click prompts")
+    parser.add_argument("--limit", type=int, default=None, help="at most N training images per set")
+    parser.add_argument("--val-limit", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--version", default=None, help="model version name (default: sft-<date>)")
+    args = parser.parse_args(argv)
+
+    from accelerate import Accelerator
+
+    torch.set_num_threads(args.threads)
+    accelerator = Accelerator()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = args.sets.split(",")
+    with_images = args.profile == "full"
+    cases = load_cases(args.data, args.cache, sets, "train", args.limit, with_images=with_images)
+    val = load_cases(args.data, args.cache, sets, "val", args.val_limit, with_images=with_images)
+    if not cases:
+        raise SystemExit(f"no cached training features under {args.cache}: run python -m trainers.features first")
+    accelerator.print(f"{len(cases)} training cases, {len(val)} validation cases ({', '.join(sets)})")
+
+    state_file = out / "trainer_state.pt"
+    start_epoch, step = 0, 0
+    if args.resume and state_file.exists():
+        model, _ = load_checkpoint(out / "last", device="cpu")
+        state = torch.load(state_file, weights_only=False)
+        start_epoch, step = state["epoch"] + 1, state["step"]
+    else:
+        torch.manual_seed(args.seed)
+        model = build_model(args, cases)
+        state = None
+    model.train()
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=0.01)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+    steps_per_epoch = math.ceil(len(cases) / accelerator.num_processes / args.batch_size)
+    total = steps_per_epoch * args.epochs
+
+    def learning_rate(s: int) -> float:
+        """Linear warm-up over 50 steps, then cosine decay to zero."""
+        return args.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    core = accelerator.unwrap_model(model)
+    image_size = core.segmenter.image_size
+    version = args.version or f"sft-{time.strftime('%Y%m%d-%H%M')}"
+    log = (out / "log.csv").open("a", newline="")
+    writer = csv.writer(log)
+    if step == 0:
+        writer.writerow(["step", "epoch", "loss", "lm", "mask", "lr", "val_lm", "val_dice"])
+
+    for epoch in range(start_epoch, args.epochs):
+        rng = random.Random(args.seed * 1000 + epoch)
+        order = rng.sample(cases, len(cases))[accelerator.process_index::accelerator.num_processes]
+        bar = tqdm(range(0, len(order), args.batch_size), desc=f"sft epoch {epoch + 1}/{args.epochs}",
+                   disable=not accelerator.is_main_process)
+        for i in bar:
+            batch = order[i:i + args.batch_size]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step)
+            questions, completions = encode_batch(core, batch, rng)
+            boxes, points = prompt_mix(batch, rng, image_size, args.prompt_share)
+            result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),
+                           questions, completions, torch.cat([c.target for c in batch]).to(accelerator.device),
+                           boxes=None if boxes is None else boxes.to(accelerator.device),
+                           points=None if points is None else tuple(p.to(accelerator.device) for p in points))
+            accelerator.backward(result["loss"])
+            accelerator.clip_grad_norm_(core.trainable_parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.set_postfix(lm=f"{float(result['lm']):.3f}", mask=f"{float(result['mask']):.3f}")
+            if step % 10 == 0:
+                writer.writerow([step, epoch, f"{float(result['loss']):.4f}", f"{float(result['lm']):.4f}",
+                                 f"{float(result['mask']):.4f}", f"{learning_rate(step):.2e}", "", ""])
+                log.flush()
+        if accelerator.is_main_process:
+            metrics = validate(core, val, args.batch_size)
+            writer.writerow([step, epoch, "", "", "", "", f"{metrics['val_lm']:.4f}", f"{metrics['val_dice']:.4f}"])
+            log.flush()
+            accelerator.print(f"epoch {epoch + 1}: " + json.dumps(metrics))
+            path = save_checkpoint(core, out / f"epoch-{epoch + 1}", f"{version}-e{epoch + 1}", metrics=metrics,
+                                   parent=args.init)
+            if (out / "last").exists():
+                shutil.rmtree(out / "last")
+            shutil.copytree(path, out / "last")
+            torch.save({"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()}, state_file)
+        accelerator.wait_for_everyone()
+    log.close()
+
+
+if __name__ == "__main__":
+    main()
