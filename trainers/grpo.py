@@ -23,7 +23,6 @@ import copy
 import csv
 import json
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -203,16 +202,17 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     continues from there; returns the final checkpoint path."""
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
-    start = 0
+    reference = ReferencePolicy(model) if cfg.beta > 0 else None  # the base, also when resuming
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
+    start = 0
     if resume and state_file.exists():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / "last" / "trainable.safetensors")), strict=False)
         state = torch.load(state_file, weights_only=False)
-        model, _ = load_checkpoint(out / "last", device="cpu")
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
     model.train()
-    reference = ReferencePolicy(model) if cfg.beta > 0 else None
     predictor = CoreSegPredictor(model, version)
     log = StepLog(out / "log.csv")
     generator = torch.Generator().manual_seed(1234 + start)
@@ -265,7 +265,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=None, help="default: 100 (ground truth), 2 passes (feedback)")
     parser.add_argument("--batch-cases", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--beta", type=float, default=0.01)
@@ -278,6 +278,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--save-every", type=int, default=20, help="checkpoint (for --resume) every N steps")
     parser.add_argument("--version", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -301,13 +302,11 @@ def main(argv=None) -> None:
     (out).mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps({"base": str(args.base), "base_version": info.model_version,
                                               "config": asdict(cfg), "args": vars(args)}, indent=1, default=str))
-    last = train_groups(model, ground_truth_groups(cases, cfg, args.batch_cases, args.seed), args.steps, cfg, out,
-                        version, resume=args.resume, parent=info.model_version)
-    final = out / "final"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(last, final)
-    print(f"wrote {final} and {out / 'curves.png'}")
+    last = train_groups(model, ground_truth_groups(cases, cfg, args.batch_cases, args.seed), args.steps or 100, cfg, out,
+                        version, resume=args.resume, save_every=args.save_every, parent=info.model_version)
+    model, _ = load_checkpoint(last, device="cpu")
+    final = save_checkpoint(model, out / "final", version, parent=info.model_version)
+    print(f"wrote {final} ({version}) and {out / 'curves.png'}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python -m trainers.sft --data ../shared/data --cache runs/features --out runs/sft \
         [--profile compact|full] [--init CKPT] [--epochs 4] [--batch-size 8] [--lr 5e-4] [--resume]
+    python -m trainers.sft --db feedback.db --init CKPT --out DIR …   (accepted feedback: the edited or
+        chosen reasoning with boxes from the accepted mask, DiceCE against the accepted mask)
 
 Trains the compact reasoner (or LoRA), the adapter and the mask decoder; the image encoder is frozen
 and read from the feature cache (`python -m trainers.features`). One checkpoint per epoch
@@ -103,7 +105,8 @@ def build_model(args, cases: list[Case]) -> CoreSeg:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="folder with busbra/, kvasir-seg/, ph2/")
+    parser.add_argument("--data", help="folder with busbra/, kvasir-seg/, ph2/")
+    parser.add_argument("--db", help="feedback database: train on its accepted cases (needs --init)")
     parser.add_argument("--cache", default="runs/features", help="feature cache from trainers.features")
     parser.add_argument("--out", required=True)
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
@@ -133,10 +136,19 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sets = args.sets.split(",")
     with_images = args.profile == "full"
-    cases = load_cases(args.data, args.cache, sets, "train", args.limit, with_images=with_images)
-    val = load_cases(args.data, args.cache, sets, "val", args.val_limit, with_images=with_images)
+    if args.db:
+        from trainers.feedback import load_feedback_cases, snapshot_store, split_held_out
+
+        if not args.init:
+            parser.error("--db needs --init CKPT (the model the feedback was collected on)")
+        cases, val = split_held_out(load_feedback_cases(snapshot_store(args.db, out / "snapshots")))
+    elif args.data:
+        cases = load_cases(args.data, args.cache, sets, "train", args.limit, with_images=with_images)
+        val = load_cases(args.data, args.cache, sets, "val", args.val_limit, with_images=with_images)
+    else:
+        parser.error("give --data (labelled images) or --db (feedback)")
     if not cases:
-        raise SystemExit(f"no cached training features under {args.cache}: run python -m trainers.features first")
+        raise SystemExit("no training cases: run python -m trainers.features first (or collect accepted feedback)")
     accelerator.print(f"{len(cases)} training cases, {len(val)} validation cases ({', '.join(sets)})")
 
     state_file = out / "trainer_state.pt"
@@ -149,6 +161,9 @@ def main(argv=None) -> None:
         torch.manual_seed(args.seed)
         model = build_model(args, cases)
         state = None
+    for case in cases + val:  # feedback cases carry images, not cached embeddings
+        if getattr(case, "embedding", None) is None:
+            case.embedding = model.segmenter.encode(case.image)
     model.train()
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=0.01)
     if state:

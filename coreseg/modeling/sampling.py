@@ -14,7 +14,7 @@ def sample_tokens(lm, first_out, n: int, stop_ids: list[int], max_new_tokens: in
     `step_kwargs(step)` may add model-specific arguments for each decoding step.
     """
     device = first_out.logits.device
-    past = first_out.past_key_values
+    past = first_out.cache
     logits = first_out.logits[:, -1].float()
     done = torch.zeros(n, dtype=torch.bool, device=device)
     ids = [[] for _ in range(n)]
@@ -44,7 +44,7 @@ def sample_tokens(lm, first_out, n: int, stop_ids: list[int], max_new_tokens: in
             break
         attention = torch.cat([attention, torch.ones(n, 1, dtype=torch.long, device=device)], dim=1)
         extra = step_kwargs(step) if step_kwargs else {}
-        out = lm(input_ids=token[:, None], past_key_values=past, attention_mask=attention, use_cache=True, **extra)
-        past = out.past_key_values
+        out = lm(input_ids=token[:, None], cache=past, attention_mask=attention, use_cache=True, **extra)
+        past = out.cache
         logits = out.logits[:, -1].float()
     return ids, logps

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: a virtual environment in .venv with the pinned requirements (reused while
+# requirements.txt is unchanged); with --test also Debian's chromium for the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stamp=$(sha256sum requirements.txt | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements 2>/dev/null)" != "$stamp" ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$stamp" > .venv/.requirements
+fi
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
