@@ -423,17 +423,31 @@ def export_masks(store: FeedbackStore, out: Path, filters: ExportFilters) -> dic
 
 # ---------------------------------------------------------------------------------------------- summary
 def krippendorff_alpha_interval(units: dict[Any, list[float]]) -> float:
-    """Krippendorff's α (interval metric) over units rated by several raters; NaN when undefined."""
-    values = {u: [float(v) for v in vs] for u, vs in units.items() if len(vs) >= 2}
-    pooled = [v for vs in values.values() for v in vs]
-    n = len(pooled)
+    """Krippendorff's α (interval metric) over units rated by several raters; NaN when undefined.
+
+    Uses Σ over ordered pairs (a − b)² = 2mΣv² − 2(Σv)², so it is linear in the number of ratings."""
+    def pair_sum(vs: np.ndarray) -> float:
+        return float(2 * len(vs) * (vs ** 2).sum() - 2 * vs.sum() ** 2)
+
+    values = [np.asarray(vs, float) for vs in units.values() if len(vs) >= 2]
+    n = sum(len(vs) for vs in values)
     if n < 2:
         return float("nan")
-    observed = sum(sum((a - b) ** 2 for a, b in itertools.permutations(vs, 2)) / (len(vs) - 1)
-                   for vs in values.values()) / n
-    pooled_array = np.asarray(pooled)
-    expected = float(((pooled_array[:, None] - pooled_array[None, :]) ** 2).sum()) / (n * (n - 1))
+    observed = sum(pair_sum(vs) / (len(vs) - 1) for vs in values) / n
+    expected = pair_sum(np.concatenate(values)) / (n * (n - 1))
     return float("nan") if expected == 0 else 1.0 - observed / expected
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's τ-b of two short rankings (ties handled); NaN when either is all ties."""
+    x, y = [float(v) for v in x], [float(v) for v in y]
+    numerator, untied_x, untied_y = 0, 0, 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        a, b = (x[i] > x[j]) - (x[i] < x[j]), (y[i] > y[j]) - (y[i] < y[j])
+        numerator += a * b
+        untied_x += a != 0
+        untied_y += b != 0
+    return float("nan") if untied_x == 0 or untied_y == 0 else numerator / float(np.sqrt(untied_x * untied_y))
 
 
 def summary_tables(store: FeedbackStore, filters: ExportFilters) -> dict[str, pd.DataFrame]:
@@ -486,11 +500,15 @@ def summary_tables(store: FeedbackStore, filters: ExportFilters) -> dict[str, pd
                            columns=["model_version", "scale", "count", "mean", "std"])
     rating_avg = pd.concat([rating_avg, overall], ignore_index=True) if len(overall) else rating_avg
 
+    annotator_of = {row["id"]: row["annotator"] for row in rows}
+    latest_rating: dict[str, dict[int, dict[str, int]]] = {}   # scale → candidate → annotator → value
+    for fid in sorted(ratings):  # id order: each annotator's latest rating wins
+        for cid, scales in ratings[fid].items():
+            for scale, value in scales.items():
+                latest_rating.setdefault(scale, {}).setdefault(cid, {})[annotator_of[fid]] = value
     agreement = []
-    for scale, g in rating_df.groupby("scale"):
-        latest = g.sort_values("feedback_id").groupby(["candidate_id", "annotator"])["value"].last()
-        units = {c: grp.tolist() for c, grp in latest.groupby(level=0)}
-        multi = {c: v for c, v in units.items() if len(v) >= 2}
+    for scale in sorted(latest_rating):
+        multi = {c: list(v.values()) for c, v in latest_rating[scale].items() if len(v) >= 2}
         pairs = [(a, b) for v in multi.values() for a, b in itertools.combinations(v, 2)]
         agreement.append({"signal": f"rating:{scale}", "items": len(multi), "pairs": len(pairs),
                           "exact_agreement": float(np.mean([a == b for a, b in pairs])) if pairs else float("nan"),
@@ -498,23 +516,20 @@ def summary_tables(store: FeedbackStore, filters: ExportFilters) -> dict[str, pd
                           "krippendorff_alpha_interval": krippendorff_alpha_interval(multi),
                           "mean_kendall_tau": float("nan")})
     taus, top_agree = [], []
-    if len(rank_df):
-        from scipy.stats import kendalltau
-        latest = rank_df.sort_values("feedback_id").groupby(["run_id", "annotator"])
-        per_run: dict[int, dict[str, dict[int, int]]] = {}
-        for (run_id, annotator), g in latest:
-            last = g[g["feedback_id"] == g["feedback_id"].max()]
-            per_run.setdefault(run_id, {})[annotator] = dict(zip(last["candidate_id"], last["rank"]))
-        for by_annotator in per_run.values():
-            for first, second in itertools.combinations(by_annotator.values(), 2):
-                common = sorted(set(first) & set(second))
-                if len(common) >= 2:
-                    tau = kendalltau([first[c] for c in common], [second[c] for c in common]).statistic
-                    if not np.isnan(tau):
-                        taus.append(float(tau))
-                best_1 = {c for c in first if first[c] == min(first.values())}
-                best_2 = {c for c in second if second[c] == min(second.values())}
-                top_agree.append(bool(best_1 & best_2))
+    per_run: dict[int, dict[str, dict[int, int]]] = {}
+    for row in rows:  # id order: each annotator's latest ranking of a run wins
+        if row["id"] in ranks:
+            per_run.setdefault(row["run_id"], {})[row["annotator"]] = ranks[row["id"]]
+    for by_annotator in per_run.values():
+        for first, second in itertools.combinations(by_annotator.values(), 2):
+            common = sorted(set(first) & set(second))
+            if len(common) >= 2:
+                tau = kendall_tau_b([first[c] for c in common], [second[c] for c in common])
+                if not np.isnan(tau):
+                    taus.append(tau)
+            best_1 = {c for c in first if first[c] == min(first.values())}
+            best_2 = {c for c in second if second[c] == min(second.values())}
+            top_agree.append(bool(best_1 & best_2))
     agreement.append({"signal": "ranking", "items": int(rank_df["run_id"].nunique()) if len(rank_df) else 0,
                       "pairs": len(top_agree), "exact_agreement": float(np.mean(top_agree)) if top_agree else float("nan"),
                       "mean_abs_diff": float("nan"), "krippendorff_alpha_interval": float("nan"),

@@ -86,10 +86,14 @@ def _add_column(conn: Connection, table: str, column: str, ddl_type: str) -> Non
 
 
 def _v1_to_v2(conn: Connection) -> None:
-    """Training rounds; a case's target name; a submission that supersedes an earlier one; a free-text comment."""
+    """Training rounds; a case's target name; a submission that supersedes an earlier draft (indexed: every
+    listing asks "was this row superseded?"); a free-text comment."""
     _add_column(conn, "cases", "target", "VARCHAR(200)")
     _add_column(conn, "feedback", "supersedes_id", "INTEGER REFERENCES feedback (id)")
     _add_column(conn, "feedback", "comment", "VARCHAR")
+    supersedes_index = next(i for i in SQLModel.metadata.tables["feedback"].indexes
+                            if [c.name for c in i.columns] == ["supersedes_id"])
+    supersedes_index.create(conn, checkfirst=True)
     tables = [SQLModel.metadata.tables[name] for name in schema.TABLES_V2_ONLY]
     SQLModel.metadata.create_all(conn, tables=tables, checkfirst=True)
 

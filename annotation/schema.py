@@ -159,7 +159,7 @@ class Feedback(SQLModel, table=True):
     clicks: int = 0
     strokes: int = 0
     seconds: float = 0.0
-    supersedes_id: Optional[int] = Field(default=None, foreign_key="feedback.id")   # v2
+    supersedes_id: Optional[int] = Field(default=None, foreign_key="feedback.id", index=True)   # v2
     comment: Optional[str] = None                                                  # v2
     created_at: datetime = Field(default_factory=utcnow, index=True)
 

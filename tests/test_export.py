@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from annotation import codec, demo
-from annotation.export import (SYSTEM_PROMPT, ExportFilters, component_boxes, export, krippendorff_alpha_interval,
-                               main, summary_tables)
+from annotation.export import (SYSTEM_PROMPT, ExportFilters, component_boxes, export, kendall_tau_b,
+                               krippendorff_alpha_interval, main, summary_tables)
 from annotation.store import FeedbackError, FeedbackStore
 from coreseg.answer import parse_answer, render_answer
 from coreseg.metrics import mask_box
@@ -319,6 +319,13 @@ def test_agreement_statistics():
              7: [4, 4, 4, 4], 8: [1, 1, 2, 1], 9: [2, 2, 2, 2], 10: [5, 5, 5], 11: [1, 1], 12: [3]}
     assert krippendorff_alpha_interval(units) == pytest.approx(0.849, abs=0.01)
     assert np.isnan(krippendorff_alpha_interval({1: [2]}))
+    from scipy.stats import kendalltau
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # ties included
+        x, y = rng.integers(1, 4, 6), rng.integers(1, 5, 6)
+        expected = kendalltau(x, y).statistic
+        assert (np.isnan(expected) and np.isnan(kendall_tau_b(x, y))) or kendall_tau_b(x, y) == pytest.approx(expected)
+    assert np.isnan(kendall_tau_b([1, 1], [1, 2]))
 
 
 def test_empty_store_exports_cleanly(tmp_path):

@@ -362,7 +362,8 @@ def test_v1_database_is_upgraded_in_place(tmp_path):
         from sqlalchemy import inspect
         with s.engine.connect() as conn:
             insp = inspect(conn)
-            return {t: sorted(c["name"] for c in insp.get_columns(t)) for t in insp.get_table_names()}
+            return {t: (sorted(c["name"] for c in insp.get_columns(t)),
+                        sorted(i["name"] for i in insp.get_indexes(t))) for t in insp.get_table_names()}
 
     assert columns(store) == columns(fresh)
     store.close()

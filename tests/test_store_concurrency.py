@@ -70,9 +70,10 @@ def test_writer_killed_mid_transaction_leaves_database_consistent(tmp_path, how)
     proc.start()
     if how == "hang":
         assert ready.wait(timeout=120), "the child never reached its open transaction"
-        with FeedbackStore(path, max_wait_s=0.3, busy_timeout_s=0.1) as blocked:  # the lock really is held
-            with pytest.raises(StoreBusy):
-                blocked.add_annotator("late")
+        for host_lock in (True, False):  # the lock really is held: queued on the lock file, or refused by SQLite
+            with FeedbackStore(path, max_wait_s=0.3, busy_timeout_s=0.1, host_lock=host_lock) as blocked:
+                with pytest.raises(StoreBusy, match="nothing was written"):
+                    blocked.add_annotator("late")
         os.kill(proc.pid, signal.SIGKILL)
     proc.join(timeout=120)
     assert proc.exitcode == (1 if how == "exit" else -signal.SIGKILL)
