@@ -6,35 +6,17 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from coreseg.answer import render_answer
 from coreseg.candidate import Candidate
-
-
-@dataclass(frozen=True, eq=False)
-class SyntheticScan:
-    """Duck-typed like `coreseg.scan_io.Scan`: pixels, display, meta, content_hash."""
-
-    pixels: np.ndarray
-    display: np.ndarray
-    meta: dict
-
-    @property
-    def content_hash(self) -> str:
-        import hashlib
-
-        a = np.ascontiguousarray(self.pixels)
-        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-        return h.hexdigest()
+from coreseg.scan_io import Scan
 
 
 def make_scan(seed: int, height: int = 64, width: int = 80, dtype: str = "uint16",
-              modality: str = "CT") -> SyntheticScan:
+              modality: str = "CT") -> Scan:
     """A noisy scan with a bright disc (the 'lesion'); pixels in `dtype`, display uint8 RGB."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
@@ -51,7 +33,7 @@ def make_scan(seed: int, height: int = 64, width: int = 80, dtype: str = "uint16
     meta = {"source_format": "png", "modality": modality, "height": height, "width": width,
             "bit_depth": np.dtype(dtype).itemsize * 8, "spacing": [0.7, 0.7], "window": {"level": 40, "width": 400},
             "frame": 0, "n_frames": 1}
-    return SyntheticScan(pixels, np.repeat(grey[..., None], 3, axis=2), meta)
+    return Scan(pixels, np.repeat(grey[..., None], 3, axis=2), meta)
 
 
 def rect_mask(height: int, width: int, y1: int, x1: int, y2: int, x2: int) -> np.ndarray:

@@ -40,6 +40,7 @@ class ParseResult:
 
     answer: Answer | None
     errors: tuple[str, ...] = field(default_factory=tuple)
+    rejected_boxes: int = 0  # boxes written but refused (outside the image, x1 ≥ x2): false positives to a scorer
 
     @property
     def ok(self) -> bool:
@@ -97,6 +98,7 @@ def parse_answer(text: str, image_size: tuple[int, int] | None = None) -> ParseR
         errors.append("no target named ('The … is located at')")
     box_list = _BOX_LIST.search(body)
     boxes: list[Box] = []
+    rejected = 0
     if box_list is None:
         errors.append("no box list [[x1, y1, x2, y2], …]")
     else:
@@ -104,11 +106,13 @@ def parse_answer(text: str, image_size: tuple[int, int] | None = None) -> ParseR
             x1, y1, x2, y2 = (int(round(float(v))) for v in match.groups())
             if not (x1 < x2 and y1 < y2):
                 errors.append(f"box {[x1, y1, x2, y2]} needs x1 < x2 and y1 < y2")
+                rejected += 1
                 continue
             if image_size is not None:
                 height, width = image_size
                 if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
                     errors.append(f"box {[x1, y1, x2, y2]} lies outside the {width}×{height} image")
+                    rejected += 1
                     continue
             boxes.append((x1, y1, x2, y2))
-    return ParseResult(Answer(reasoning, target, tuple(boxes)), tuple(errors))
+    return ParseResult(Answer(reasoning, target, tuple(boxes)), tuple(errors), rejected)

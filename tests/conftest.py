@@ -12,3 +12,23 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sft(tmp_path_factory):
+    """A tiny BUS-BRA-shaped set, its feature cache and a 2-epoch SFT run of a tiny compact model,
+    made once through the real entry points (shared by the pipeline and feedback-loop tests)."""
+    from fake_data import make_busbra
+    from trainers import features, sft
+
+    root = tmp_path_factory.mktemp("tiny-sft")
+    data = make_busbra(root / "data", n=8)
+    cache = root / "features"
+    features.main(["--data", str(data), "--out", str(cache), "--sets", "busbra"])
+    sft.main(["--data", str(data), "--cache", str(cache), "--out", str(root / "sft"), "--sets", "busbra",
+              "--epochs", "2", "--batch-size", "3", "--lr", "3e-3", "--decoder-lr", "3e-4", "--val-limit", "2",
+              "--hidden", "64", "--layers", "2", "--heads", "2", "--threads", "1"])
+    return root, data, cache

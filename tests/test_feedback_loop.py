@@ -12,32 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from annotation import codec
 from annotation.store import FeedbackStore
-from coreseg.checkpoint import save_checkpoint
-from coreseg.config import ModelConfig, ReasonerConfig
+from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.datasets import load_split
-from coreseg.modeling.core_seg import CoreSeg
 from coreseg.predictor import CoreSegPredictor
-from fake_data import make_busbra
 from trainers import grpo
 from trainers.feedback import load_feedback_cases, snapshot_store
 from trainers.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ReasonerConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_new_tokens=24)
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
-    """A base checkpoint and a store filled by simulated annotators (truth as corrections)."""
+def loop(tiny_sft, tmp_path_factory):
+    """The tiny SFT model as base and a store filled by simulated annotators (truth as corrections)."""
+    source, data, _ = tiny_sft
     root = tmp_path_factory.mktemp("loop")
-    torch.manual_seed(0)
-    model = CoreSeg.build(ModelConfig(reasoner=TINY)).eval()
+    model, _ = load_checkpoint(source / "sft" / "epoch-1", device="cpu")
     base = save_checkpoint(model, root / "base", "tiny-base")
-    data = make_busbra(root / "data", n=6, size=(80, 104))
     db = root / "feedback.db"
     predictor = CoreSegPredictor(model, "tiny-base")
     ids = simulate(predictor, FeedbackStore(db), load_split(data, "busbra", "all"), n_candidates=2, seed=0)
@@ -46,13 +40,13 @@ def loop(tmp_path_factory):
 
 def _args(db, base, out, *extra):
     return ["--db", str(db), "--base", str(base), "--out", str(out), "--group-size", "2", "--batch-cases", "1",
-            "--lr", "3e-3", "--beta", "0.01", "--threads", "1", *extra]
+            "--lr", "3e-4", "--beta", "0.01", "--threads", "1", *extra]
 
 
 def test_simulated_feedback_is_accepted_with_truth_and_ranks(loop):
     root, base, db, ids = loop
     store = FeedbackStore(db)
-    assert len(ids) == 6 and len(store.accepted_corrections()) == 6
+    assert len(ids) == 8 and len(store.accepted_corrections()) == 8
     cases = load_feedback_cases(snapshot_store(str(db), root / "snaps"))
     assert all(c.mask.any() and len(c.stored) == 2 for c in cases)
     assert all({s["rank"] for s in c.stored} <= {1, 2} for c in cases)
@@ -69,7 +63,7 @@ def test_one_round_registers_a_version_with_higher_segment_reward(loop):
     versions = {v["name"]: v for v in FeedbackStore(db).list_model_versions()}
     assert result["new_version"] in versions and versions[result["new_version"]]["parent"] == "tiny-base"
     rounds = FeedbackStore(db).list_training_rounds()
-    assert rounds[-1]["out_version"] == result["new_version"] and len(rounds[-1]["feedback_ids"]) == 6
+    assert rounds[-1]["out_version"] == result["new_version"] and len(rounds[-1]["feedback_ids"]) == 8
     assert (out / "round-1" / "report.md").read_text().count("|") > 10
     assert (out / "round-1" / "curves.png").stat().st_size > 1000
     # the app's loader serves the registered checkpoint as is
@@ -84,6 +78,7 @@ def test_snapshot_keeps_a_rounds_data_fixed_while_the_app_writes(loop):
     live = FeedbackStore(db)
     case = live.accepted_corrections()[before[0]]
     fb = live.submit_feedback(before[0], case["run_id"], "simulated-annotator",
+                              chosen_candidate_id=case["proposal_candidate_id"],
                               mask=codec.decode_mask(case["mask_png"]), status="submitted", submission_id="late-write")
     live.review(fb, "simulated-reviewer", "accept")
     assert [c.case_id for c in load_feedback_cases(snap)] == before
@@ -105,7 +100,7 @@ def test_bad_feedback_is_skipped_with_a_message(loop, tmp_path):
     con.close()
     messages = []
     cases = load_feedback_cases(FeedbackStore(copy, read_only=True), log=messages.append)
-    assert len(cases) == 5 and any("accepted mask is (7, 9)" in m for m in messages)
+    assert len(cases) == 7 and any("accepted mask is (7, 9)" in m for m in messages)
 
 
 def test_crash_mid_round_then_resume_gives_one_version(loop, tmp_path):

@@ -9,20 +9,19 @@ import pytest
 
 from coreseg import eval as coreseg_eval
 from coreseg.checkpoint import load_checkpoint
-from fake_data import make_busbra
-from trainers import features, grpo, sft
+from trainers import grpo, sft
 
 TINY = ["--hidden", "64", "--layers", "2", "--heads", "2", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_sft, tmp_path_factory):
+    """A private copy of the shared tiny SFT run (the resume test adds an epoch to it)."""
+    import shutil
+
+    source, data, cache = tiny_sft
     root = tmp_path_factory.mktemp("pipeline")
-    data = make_busbra(root / "data", n=8)
-    cache = root / "features"
-    features.main(["--data", str(data), "--out", str(cache), "--sets", "busbra"])
-    sft.main(["--data", str(data), "--cache", str(cache), "--out", str(root / "sft"), "--sets", "busbra",
-              "--epochs", "2", "--batch-size", "3", "--lr", "2e-3", "--val-limit", "2", *TINY])
+    shutil.copytree(source / "sft", root / "sft")
     return root, data, cache
 
 
@@ -38,7 +37,7 @@ def test_sft_writes_epochs_and_resumes(trained):
     rows = list(csv.DictReader((out / "log.csv").open()))
     first = [float(r["val_lm"]) for r in rows if r["val_lm"]]
     sft.main(["--data", str(data), "--cache", str(cache), "--out", str(out), "--sets", "busbra", "--epochs", "3",
-              "--batch-size", "3", "--lr", "2e-3", "--val-limit", "2", "--resume", *TINY])
+              "--batch-size", "3", "--lr", "3e-3", "--decoder-lr", "3e-4", "--val-limit", "2", "--resume", *TINY])
     rows = list(csv.DictReader((out / "log.csv").open()))
     val_lm = [float(r["val_lm"]) for r in rows if r["val_lm"]]
     assert len(val_lm) == 3 and len(first) == 2, "resume ran exactly the missing epoch"

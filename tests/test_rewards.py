@@ -83,7 +83,7 @@ def test_adversarial_specific_terms():
     assert s["box outside the image"]["detect"] == pytest.approx(2 / 3)   # rejected box = false positive
     assert s["degenerate box"]["detect"] == pytest.approx(2 / 3)
     assert s["only boxes outside the image"]["detect"] == 0.0
-    assert s["seg missing"]["segment"] == -1.0                      # no <seg> → no mask, even if one is passed
+    assert s["seg missing"]["format"] == 0.0 and s["seg missing"]["segment"] == 3.0  # the mask is scored; format pays
     for name in ("seg twice", "seg in think", "text after answer", "coordinates in think", "no think",
                  "box outside the image"):
         assert s[name]["format"] == 0.0, name

@@ -11,6 +11,7 @@ from annotation.migrations import V1_DDL
 from annotation.schema import RATING_SCALES, SCHEMA_VERSION
 from annotation.store import FeedbackError, FeedbackStore, resolve_url
 from coreseg.answer import parse_answer
+from coreseg.scan_io import Scan
 
 H, W = 64, 80
 
@@ -67,7 +68,7 @@ def test_database_url_from_environment(tmp_path, monkeypatch):
 def test_scan_pixels_round_trip_in_original_dtype(store, dtype):
     scan = demo.make_scan(7, 33, 47, dtype)
     meta = dict(scan.meta, PatientName="Doe^John", patient_id="123", StudyInstanceUID="1.2.3", file_name="a.dcm")
-    scan_hash = store.put_scan(demo.SyntheticScan(scan.pixels, scan.display, meta))
+    scan_hash = store.put_scan(Scan(scan.pixels, scan.display, meta))
     assert scan_hash == scan.content_hash
     back = store.get_scan_pixels(scan_hash)
     assert back.dtype == np.dtype(dtype) and back.shape == scan.pixels.shape
@@ -79,13 +80,13 @@ def test_scan_pixels_round_trip_in_original_dtype(store, dtype):
 
 def test_rgb_scan_and_display_round_trip(store):
     rgb = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    scan = demo.SyntheticScan(rgb, rgb, {"source_format": "jpeg", "height": 20, "width": 30})
+    scan = Scan(rgb, rgb, {"source_format": "jpeg", "height": 20, "width": 30})
     scan_hash = store.put_scan(scan)
     assert np.array_equal(store.get_scan_pixels(scan_hash), rgb)
     from coreseg.scan_io import from_png_bytes
     assert np.array_equal(from_png_bytes(store.get_scan_display_png(scan_hash)), rgb)
     with pytest.raises(FeedbackError, match="height"):
-        store.put_scan(demo.SyntheticScan(rgb, rgb, {"height": 21, "width": 30}))
+        store.put_scan(Scan(rgb, rgb, {"height": 21, "width": 30}))
 
 
 def test_candidates_round_trip(store, group):

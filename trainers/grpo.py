@@ -228,7 +228,7 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         optimizer.zero_grad(set_to_none=True)
         log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            path = save_checkpoint(model, out / "last", f"{version}-s{step + 1}", parent=parent)
+            save_checkpoint(model, out / "last", f"{version}-s{step + 1}", parent=parent)
             torch.save({"step": step + 1, "optimizer": optimizer.state_dict()}, state_file)
     plot_curves(out / "log.csv", out / "curves.png")
     model.eval()

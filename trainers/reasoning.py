@@ -412,12 +412,7 @@ NORMAL = {
 MODALITY_OF = {"busbra": "ultrasound", "kvasir": "endoscopy", "ph2": "dermoscopy"}
 
 
-def _as_random(rng) -> random.Random:
-    if isinstance(rng, random.Random):
-        return rng
-    if isinstance(rng, np.random.Generator):
-        return random.Random(int(rng.integers(0, 2**63 - 1)))
-    return random.Random(rng)
+from trainers.questions import _as_random  # noqa: E402  (one way to turn a seed or generator into a Random)
 
 
 def _written(kind: str, key: str) -> list[str]:

@@ -25,8 +25,9 @@ Decisions (see the tests in tests/test_rewards.py, which pin each one down):
   1 + GIoU ∈ (0, 1.03) instead of GIoU, because GIoU alone can be negative for a barely-touching mask
   (e.g. corner overlap) and would then lose to an adjacent non-overlapping one (GIoU ≈ 0); with the
   shift, every overlapping mask beats every non-overlapping one (GIoU ≤ 0) and stays below the fine
-  branch (1.1). No mask (pred_mask None, empty mask, or no <seg> in the text) → −1.0, the GIoU floor,
-  so failing to segment is never neutral.
+  branch (1.1). No mask (pred_mask None or empty) → −1.0, the GIoU floor, so failing to segment is never
+  neutral. A text without `<seg>` is not punished here again (format does that): its mask, drawn from
+  the last token's state, is scored like any other so the signal stays dense.
 - human: see `human_reward`.
 """
 from __future__ import annotations
@@ -36,8 +37,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from coreseg.answer import ANSWER_CLOSE, ANSWER_OPEN, SEG_TOKEN, parse_answer
-from coreseg.answer import _BOX_LIST, _ONE_BOX, _between  # same reading as the parser, to count rejected boxes
+from coreseg.answer import parse_answer
 from coreseg.metrics import dice, mask_giou, match_boxes
 
 COARSE_DICE_THRESHOLD = 0.05
@@ -89,15 +89,6 @@ def _image_sizes(columns: dict, n: int) -> list:
     return out
 
 
-def _written_box_count(text: str) -> int:
-    """How many boxes the answer's box list writes, accepted or not (the parser's own regexes)."""
-    body = _between(text, ANSWER_OPEN, ANSWER_CLOSE)
-    if body is None:
-        return 0
-    box_list = _BOX_LIST.search(body)
-    return 0 if box_list is None else len(_ONE_BOX.findall(box_list.group(1)))
-
-
 def _as_boxes(boxes) -> list[tuple[int, int, int, int]]:
     return [tuple(int(round(float(v))) for v in b) for b in boxes]
 
@@ -140,8 +131,7 @@ def detect_reward(prompts, completions, **columns) -> list[float | None]:
             out.append(0.0)
             continue
         accepted = list(parsed.answer.boxes)
-        rejected = max(0, _written_box_count(text) - len(accepted))
-        out.append(float(detect_score_with_rejects(accepted, truth, rejected)))
+        out.append(float(detect_score_with_rejects(accepted, truth, parsed.rejected_boxes)))
     return out
 
 
@@ -165,7 +155,8 @@ def segment_score(pred_mask, gt_mask) -> float:
 def segment_reward(prompts, completions, **columns) -> list[float | None]:
     """Dice ≥ 0.05 → 1 + 2·Dice; else GIoU (lifted by +1 when the masks overlap); no mask → −1.
 
-    None when the sample has no `gt_mask`. A completion without <seg> scores −1 whatever mask is passed.
+    None when the sample has no `gt_mask`. The mask is scored whatever the text: a missing `<seg>` is the
+    format reward's business (one failure, one penalty), and the mask signal stays dense early in training.
     """
     texts = [completion_text(c) for c in completions]
     n = len(texts)
@@ -174,8 +165,6 @@ def segment_reward(prompts, completions, **columns) -> list[float | None]:
     for text, gt, pred in zip(texts, gts, preds):
         if gt is None:
             out.append(None)
-        elif SEG_TOKEN not in text:
-            out.append(SEGMENT_FLOOR)
         else:
             out.append(float(segment_score(pred, gt)))
     return out

@@ -116,6 +116,8 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--decoder-lr", type=float, default=1e-4)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU too: about 2× faster)")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -165,15 +167,20 @@ def main(argv=None) -> None:
         if getattr(case, "embedding", None) is None:
             case.embedding = model.segmenter.encode(case.image)
     model.train()
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=args.lr, weight_decay=0.01)
+    decoder = {id(p) for p in model.segmenter.mask_decoder.parameters()}
+    groups = [{"params": [p for p in model.trainable_parameters() if id(p) not in decoder], "scale": 1.0},
+              {"params": [p for p in model.trainable_parameters() if id(p) in decoder],
+               "scale": args.decoder_lr / args.lr}]  # the pretrained decoder moves more gently
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.01)
     if state:
         optimizer.load_state_dict(state["optimizer"])
     steps_per_epoch = math.ceil(len(cases) / accelerator.num_processes / args.batch_size)
     total = steps_per_epoch * args.epochs
 
     def learning_rate(s: int) -> float:
-        """Linear warm-up over 50 steps, then cosine decay to zero."""
-        return args.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, total))))
+        """Linear warm-up (50 steps, or a tenth of a short run), then cosine decay to a tenth."""
+        warmup = min(50, max(1, total // 10))
+        return args.lr * min(1.0, (s + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / max(1, total)))))
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     image_size = core.segmenter.image_size
@@ -191,13 +198,14 @@ def main(argv=None) -> None:
         for i in bar:
             batch = order[i:i + args.batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step)
+                group["lr"] = learning_rate(step) * group["scale"]
             questions, completions = encode_batch(core, batch, rng)
             boxes, points = prompt_mix(batch, rng, image_size, args.prompt_share)
-            result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),
-                           questions, completions, torch.cat([c.target for c in batch]).to(accelerator.device),
-                           boxes=None if boxes is None else boxes.to(accelerator.device),
-                           points=None if points is None else tuple(p.to(accelerator.device) for p in points))
+            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),
+                               questions, completions, torch.cat([c.target for c in batch]).to(accelerator.device),
+                               boxes=None if boxes is None else boxes.to(accelerator.device),
+                               points=None if points is None else tuple(p.to(accelerator.device) for p in points))
             accelerator.backward(result["loss"])
             accelerator.clip_grad_norm_(core.trainable_parameters(), 1.0)
             optimizer.step()

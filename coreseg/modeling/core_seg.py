@@ -5,7 +5,6 @@ the mask comes from the image embedding and the semantic probe of the `<seg>` hi
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
