@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 # No analytics, no version check, no hub calls: set before gradio is imported anywhere.
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -30,12 +29,10 @@ log = logging.getLogger("coreseg.studio")
 def build_app(config: AppConfig, predictor=None, store=None, users=None):
     """The Gradio Blocks for `config` (a predictor and store may be passed in, e.g. a small model and a
     temporary database in tests). Launch it with `launch_app`, which adds sign-in and upload limits."""
-    temp_dir = Path(config.temp_dir).resolve()
-    temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(temp_dir, 0o700)
-    os.environ["GRADIO_TEMP_DIR"] = str(temp_dir)   # Gradio's uploads and outputs go here, nowhere else
+    from studio.handlers import Studio, private_temp_dir
 
-    from studio.handlers import Studio
+    # Gradio's uploads and outputs go to a private folder, nowhere else (set before any component exists)
+    os.environ["GRADIO_TEMP_DIR"] = str(private_temp_dir(config))
     from studio.ui import build_ui
 
     studio = Studio(config, predictor=predictor, store=store, users=users)
@@ -67,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in OFFLINE_ENV.items():
         os.environ[key] = value
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = AppConfig.from_env()
     try:
         demo = build_app(config)

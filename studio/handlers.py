@@ -121,9 +121,7 @@ class Studio:
             users = UserDirectory.load(config.users_file)
         self.users = users
         self.on_spaces = bool(os.environ.get("SPACE_ID"))
-        self.temp_dir = Path(config.temp_dir).resolve()
-        self.temp_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.temp_dir, 0o700)
+        self.temp_dir = private_temp_dir(config)
         self._model_lock = threading.Lock()
         if predictor is None:
             from coreseg.predictor import CoreSegPredictor
@@ -223,6 +221,15 @@ class Studio:
             probe = scored[0].probe
             self._probes.put(key, probe)
         return probe
+
+
+def private_temp_dir(config: AppConfig) -> Path:
+    """A folder only this user can read, inside `config.temp_dir` (which may be a shared one such as /tmp):
+    Gradio's uploads and outputs and the exports go there."""
+    folder = Path(config.temp_dir).resolve() / "coreseg-private"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
 
 
 def _db_target(url: str) -> str:
@@ -375,7 +382,9 @@ def scan_summary(session: Session) -> str:
     if meta.get("n_frames", 1) > 1:
         parts.append(f"frame {meta.get('frame')} of {meta['n_frames']}")
     if meta.get("n_slices"):
-        parts.append(f"slice {meta.get('slice')} of {meta['n_slices'][meta['axis']]} (axis {meta['axis']})")
+        count = meta["n_slices"]
+        count = count[meta["axis"]] if isinstance(count, (list, tuple)) else count
+        parts.append(f"slice {meta.get('slice')} of {count} (axis {meta['axis']})")
     window = meta.get("window")
     if window:
         if "level" in window:
@@ -559,6 +568,7 @@ def click(studio: Studio, user: User, session: Session, x: float, y: float, mode
     if mode == "box":
         if corr.corner is None:
             corr.corner = (sx, sy)
+            corr.n_clicks += 1
             return corr
         (cx, cy), corr.corner = corr.corner, None
         corr.box = parse_box([cx, cy, sx + 1, sy + 1], height, width)
@@ -791,6 +801,7 @@ def dashboard(studio: Studio, user: User) -> dict:
     if len(over_time):
         over_time = (over_time.groupby(["day", "model_version"])["dice"].agg(["mean", "count"]).reset_index()
                      .rename(columns={"mean": "mean_dice", "count": "accepted"}))
+        over_time["day"] = pd.to_datetime(over_time["day"])
     else:
         over_time = pd.DataFrame(columns=["day", "model_version", "mean_dice", "accepted"])
     counts = studio.store.counts()

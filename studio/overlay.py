@@ -19,11 +19,15 @@ DRAWN_BOX = (255, 120, 0)        # a box the annotator drew
 ADD_STROKE = "#00ff00"           # brush colours in the editor: green adds to the mask, magenta removes
 REMOVE_STROKE = "#ff00ff"
 MAX_DISPLAY_SIDE = 1024          # larger scans are shown downscaled (clicks are mapped back)
+MIN_DISPLAY_SIDE = 512           # smaller ones are shown enlarged by a whole factor, so clicks land precisely
 
 
-def display_scale(height: int, width: int, max_side: int = MAX_DISPLAY_SIDE) -> float:
-    """Factor from scan pixels to shown pixels (≤ 1)."""
-    return min(1.0, max_side / max(height, width, 1))
+def display_scale(height: int, width: int) -> float:
+    """Factor from scan pixels to shown pixels."""
+    side = max(height, width, 1)
+    if side > MAX_DISPLAY_SIDE:
+        return MAX_DISPLAY_SIDE / side
+    return float(max(1, MIN_DISPLAY_SIDE // side))
 
 
 def _resize(image: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
@@ -31,7 +35,8 @@ def _resize(image: np.ndarray, scale: float, nearest: bool = False) -> np.ndarra
         return image
     h, w = image.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    method = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(image, size, interpolation=method)
 
 
 def draw(display: np.ndarray, mask: np.ndarray | None = None, *, boxes=(), clicks=(), box=None, corner=None,
@@ -122,12 +127,6 @@ def count_strokes(add: np.ndarray, remove: np.ndarray) -> int:
         if part.any():
             n += cv2.connectedComponents(part.astype(np.uint8), connectivity=8)[0] - 1
     return n
-
-
-def paint_disc(mask: np.ndarray, x: int, y: int, radius: int, value: bool) -> np.ndarray:
-    out = mask.copy()
-    cv2.circle(out.view(np.uint8), (int(x), int(y)), int(radius), 1 if value else 0, -1)
-    return out
 
 
 def mask_to_png(mask: np.ndarray) -> bytes:

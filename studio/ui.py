@@ -227,11 +227,12 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
             # ================================================================== dashboard
             with gr.Tab("Dashboard", id="dashboard", visible=False) as dash_tab:
                 dash_refresh = gr.Button("Refresh", elem_id="dash-refresh")
-                dash_counts = gr.Dataframe(label="Rows in the store", interactive=False)
+                dash_counts = gr.Dataframe(label="Rows in the store", interactive=False, elem_id="dash-counts")
                 dash_plot = gr.LinePlot(x="day", y="mean_dice", color="model_version",
-                                        label="Proposal-vs-accepted Dice over time")
+                                        label="Proposal-vs-accepted Dice over time", elem_id="dash-plot",
+                                        y_lim=[0, 1])
                 dash_time = gr.Dataframe(label="Proposal-vs-accepted Dice per day", interactive=False)
-                dash_versions = gr.Dataframe(label="Per model version", interactive=False)
+                dash_versions = gr.Dataframe(label="Per model version", interactive=False, elem_id="dash-versions")
                 dash_ratings = gr.Dataframe(label="Rating averages", interactive=False)
                 dash_agree = gr.Dataframe(label="Agreement between annotators", interactive=False)
                 dash_people = gr.Dataframe(label="Per annotator", interactive=False)
@@ -243,8 +244,8 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
                     ex_status = gr.CheckboxGroup(["submitted", "draft", "discarded"], value=["submitted"],
                                                  label="Feedback status")
                     ex_btn = gr.Button("Export", elem_id="export-btn")
-                ex_file = gr.File(label="Export (zip with manifest)", interactive=False)
-                versions_df = gr.Dataframe(label="Registered model versions", interactive=False)
+                ex_file = gr.File(label="Export (zip with manifest)", interactive=False, elem_id="export-file")
+                versions_df = gr.Dataframe(label="Registered model versions", interactive=False, elem_id="versions")
                 with gr.Row():
                     serve_pick = gr.Dropdown([], value=None, label="Serve model version")
                     serve_btn = gr.Button("Serve", elem_id="serve-btn")
@@ -335,7 +336,11 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
             who(request, profile)
             if not path:
                 return {}
-            h.open_scan(studio, sess, path)
+            try:
+                h.open_scan(studio, sess, path)
+            except h.StudioError as exc:  # say why, clear the upload box, keep whatever was open before
+                gr.Warning(_esc(exc))
+                return {upload: None, scan_md: f"⚠️ **{_esc(exc)}**\n\n{h.scan_summary(sess)}"}
             return {session: sess, upload: None, **controls_view(sess), **case_view(sess, "Scan opened.")}
 
         @guarded
@@ -362,7 +367,8 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
                 cur = meta.get("window") or {}
                 level_v, width_v = cur.get("level", 40.0), cur.get("width", 400.0)
             h.reslice(studio, sess, frame=frame_v if int(sess.info.get("n_frames") or 1) > 1 else None,
-                      slice_index=slice_v if sess.info.get("n_slices") else None, axis=int(axis_v or 2),
+                      slice_index=slice_v if sess.info.get("n_slices") else None,
+                      axis=int(axis_v) if axis_v is not None else 2,
                       window=window_v, level=level_v, width=width_v)
             return {session: sess, **controls_view(sess), **case_view(sess, "")}
 
@@ -513,7 +519,9 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
         def on_dashboard(request: gr.Request, profile: gr.OAuthProfile | None):
             user = who(request, profile)
             d = h.dashboard(studio, user)
-            return (d["counts"], d["dice_over_time"], d["dice_over_time"], d["per_model_version"], d["ratings"],
+            per_day = d["dice_over_time"].copy()
+            per_day["day"] = per_day["day"].astype(str).str[:10]
+            return (d["counts"], d["dice_over_time"], per_day, d["per_model_version"], d["ratings"],
                     d["agreement"], d["per_annotator"])
 
         @guarded
@@ -538,7 +546,7 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------- the named API
         @guarded
-        def api_predict(scan, question_v, n_v, options, sess: Session, request: gr.Request,
+        def api_predict(scan, question, n, options, sess: Session, request: gr.Request,
                         profile: gr.OAuthProfile | None, progress=gr.Progress()):
             """Upload a scan, ask a question, get n candidate answers. Returns JSON (case_id, run_id,
             candidate_ids, candidates: reasoning, target, boxes, mask_score, parse_errors) and overlay images.
@@ -549,14 +557,15 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
             opts = h._json_arg(options, "options", {})
             if not isinstance(opts, dict):
                 raise h.StudioError("options must be a JSON object")
-            h.open_scan(studio, sess, scan, frame=opts.get("frame"), slice_index=opts.get("slice"),
+            fresh = Session()   # the session's earlier case stays as it was if anything below fails
+            h.open_scan(studio, fresh, scan, frame=opts.get("frame"), slice_index=opts.get("slice"),
                         axis=int(opts.get("axis", 2)), window=opts.get("window"), level=opts.get("level"),
                         width=opts.get("width"))
-            result = h.predict(studio, user, sess, question_v, int(n_v or config.n_candidates),
+            result = h.predict(studio, user, fresh, question, int(n or config.n_candidates),
                                progress=lambda f, d: progress(f, desc=d))
             gallery = [(img, f"#{i + 1} (candidate {cid})") for i, (img, cid) in
                        enumerate(zip(result.overlays, result.candidate_ids))]
-            return result.to_json(), gallery, sess
+            return result.to_json(), gallery, fresh
 
         @guarded
         def api_refine(case_id, candidate_id, clicks, box, sess: Session, request: gr.Request,
@@ -574,35 +583,35 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
             return np.where(mask, 255, 0).astype(np.uint8), summary, sess
 
         @guarded
-        def api_submit(case_id, run_id, ranking, ratings, mask_file, edited_v, status_v, chosen, submission_id,
-                       sess: Session, request: gr.Request, profile: gr.OAuthProfile | None):
-            """Store feedback on a run: ranking ({candidate_id: rank}), ratings ({candidate_id: {scale: value}}),
-            the corrected mask (PNG of the scan's size; default: this session's last /refine mask on the case),
-            edited reasoning, status (submitted/draft/discarded). Returns the stored ids."""
+        def api_submit(case_id, run_id, ranking, ratings, mask, edited_reasoning, status, chosen_candidate_id,
+                       submission_id, sess: Session, request: gr.Request, profile: gr.OAuthProfile | None):
+            """Store feedback on a run: ranking ({candidate_id: rank}, ties allowed), ratings ({candidate_id:
+            {scale: value}}), the corrected mask (a PNG of the scan's size; default: this session's last /refine
+            mask on the case), edited reasoning, status (submitted/draft/discarded). Returns the stored ids."""
             user = who(request, profile)
             case_id = h._int(case_id, "case")
             run_id = h._int(run_id, "run") if run_id not in (None, 0) else (
                 sess.run_id if sess.case_id == case_id else None)
             if run_id is None:
                 raise h.StudioError("Say which run (run_id from /predict).")
-            mask = None
-            if mask_file:
+            chosen = chosen_candidate_id or None
+            corrected = None
+            if mask:
                 height, width = studio.display(studio.store.get_case(case_id)["scan_hash"]).shape[:2]
                 try:
-                    mask = overlay.read_mask_image(mask_file, height, width)
+                    corrected = overlay.read_mask_image(mask, height, width)
                 except ValueError as exc:
                     raise h.StudioError(str(exc)) from None
                 except OSError:
                     raise h.StudioError("the mask file is not a readable image") from None
                 finally:
-                    h._unlink_upload(Path(mask_file))
-            chosen_id = chosen or None
-            if not mask_file and sess.api_mask is not None and sess.api_mask[0] == case_id:
-                _, refined_candidate, mask = sess.api_mask
-                chosen_id = chosen_id or refined_candidate
+                    h._unlink_upload(Path(mask))
+            elif sess.api_mask is not None and sess.api_mask[0] == case_id:
+                _, refined_candidate, corrected = sess.api_mask
+                chosen = chosen or refined_candidate
             result = h.submit(studio, user, case_id=case_id, run_id=run_id, ranking=ranking, ratings=ratings,
-                              chosen_candidate_id=chosen_id, mask=mask, edited_reasoning=edited_v or None,
-                              status=status_v or "submitted", submission_id=submission_id or None)
+                              chosen_candidate_id=chosen, mask=corrected, edited_reasoning=edited_reasoning or None,
+                              status=status or "submitted", submission_id=submission_id or None)
             return result, sess
 
         @guarded
@@ -628,11 +637,13 @@ def build_ui(studio: h.Studio) -> gr.Blocks:
         for control in (level, width):
             control.submit(on_reslice, reslice_inputs, reslice_outputs, **private)
         suggestions.input(lambda s: s or gr.skip(), [suggestions], [question], **private)
-        ask.click(on_predict, [session, question, n_cands], all_case, **private, **model_q)
-        question.submit(on_predict, [session, question, n_cands], all_case, **private, **model_q)
+        busy = {"show_progress_on": [scan_view, status_md]}
+        ask.click(on_predict, [session, question, n_cands], all_case, **private, **model_q, **busy)
+        question.submit(on_predict, [session, question, n_cands], all_case, **private, **model_q, **busy)
         correct_choice.input(on_choose, [correct_choice, session], [session, scan_view, editor, edited], **private)
         click_outputs = [session, scan_view, editor, status_md]
-        scan_view.select(on_click, [click_mode, session], click_outputs, **private, **refine_q)
+        scan_view.select(on_click, [click_mode, session], click_outputs, **private, **refine_q,
+                         show_progress="minimal")
         apply_btn.click(on_brush, [editor, session], click_outputs, **private)
         undo_btn.click(on_undo, [session], click_outputs, **private)
         reset_btn.click(on_reset, [session], click_outputs, **private)
