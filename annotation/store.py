@@ -174,6 +174,22 @@ class _RunInfo:
     model_version: str
 
 
+def _feedback_joins(latest):
+    """Feedback with its run, case, model version, author, correction and latest review."""
+    return (T_FB.join(T_RUN, T_FB.c.run_id == T_RUN.c.id)
+            .join(T_CASE, T_FB.c.case_id == T_CASE.c.id)
+            .join(T_MV, T_RUN.c.model_version_id == T_MV.c.id)
+            .join(T_ANN, T_FB.c.annotator_id == T_ANN.c.id)
+            .outerjoin(T_CORR, T_CORR.c.feedback_id == T_FB.c.id)
+            .outerjoin(latest, latest.c.feedback_id == T_FB.c.id))
+
+
+def _not_superseded():
+    """Drafts that a later row finalised or discarded are history, not work to show."""
+    superseding = T_FB.alias("superseding")
+    return ~select(superseding.c.id).where(superseding.c.supersedes_id == T_FB.c.id).exists()
+
+
 class FeedbackStore:
     """The only writer and reader of the feedback database (see the module docstring)."""
 
@@ -1021,7 +1037,6 @@ class FeedbackStore:
         later finalised or discarded are left out.
         """
         latest = self._latest_review()
-        superseding = T_FB.alias("superseding")
         reviewer = T_ANN.alias("reviewer")
         query = (select(T_FB.c.id.label("feedback_id"), T_FB.c.case_id, T_FB.c.run_id, T_CASE.c.scan_hash,
                         T_CASE.c.question, T_MV.c.name.label("model_version"), T_ANN.c.name.label("annotator"),
@@ -1031,14 +1046,8 @@ class FeedbackStore:
                         T_FB.c.clicks, T_FB.c.strokes, latest.c.decision.label("review"),
                         latest.c.reason.label("review_reason"), reviewer.c.name.label("reviewer"),
                         latest.c.reviewed_at)
-                 .select_from(T_FB.join(T_RUN, T_FB.c.run_id == T_RUN.c.id)
-                              .join(T_CASE, T_FB.c.case_id == T_CASE.c.id)
-                              .join(T_MV, T_RUN.c.model_version_id == T_MV.c.id)
-                              .join(T_ANN, T_FB.c.annotator_id == T_ANN.c.id)
-                              .outerjoin(T_CORR, T_CORR.c.feedback_id == T_FB.c.id)
-                              .outerjoin(latest, latest.c.feedback_id == T_FB.c.id)
-                              .outerjoin(reviewer, reviewer.c.id == latest.c.reviewer_id))
-                 .where(~select(superseding.c.id).where(superseding.c.supersedes_id == T_FB.c.id).exists())
+                 .select_from(_feedback_joins(latest).outerjoin(reviewer, reviewer.c.id == latest.c.reviewer_id))
+                 .where(_not_superseded())
                  .order_by(T_FB.c.id))
         if status is not None:
             if status not in Status.__members__:
@@ -1110,18 +1119,12 @@ class FeedbackStore:
         distinct annotators gave (filtered) feedback on. Superseded drafts are left out.
         """
         latest = self._latest_review()
-        superseding = T_FB.alias("superseding")
         query = (select(T_FB, T_ANN.c.name.label("annotator"), T_MV.c.name.label("model_version"),
                         T_CASE.c.scan_hash, T_CASE.c.question, T_CASE.c.target.label("case_target"),
                         T_CORR.c.proposal_candidate_id, T_CORR.c.proposal_dice, T_CORR.c.mask_area,
                         latest.c.decision.label("review"))
-                 .select_from(T_FB.join(T_RUN, T_FB.c.run_id == T_RUN.c.id)
-                              .join(T_CASE, T_FB.c.case_id == T_CASE.c.id)
-                              .join(T_MV, T_RUN.c.model_version_id == T_MV.c.id)
-                              .join(T_ANN, T_FB.c.annotator_id == T_ANN.c.id)
-                              .outerjoin(T_CORR, T_CORR.c.feedback_id == T_FB.c.id)
-                              .outerjoin(latest, latest.c.feedback_id == T_FB.c.id))
-                 .where(~select(superseding.c.id).where(superseding.c.supersedes_id == T_FB.c.id).exists())
+                 .select_from(_feedback_joins(latest))
+                 .where(_not_superseded())
                  .order_by(T_FB.c.id))
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)

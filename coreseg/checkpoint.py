@@ -110,11 +110,7 @@ def load_checkpoint(path: str | Path, device: str = "auto"):
         raise CheckpointError(f"{path} does not fit its config: {len(missing)} missing tensors "
                               f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
     model.load_state_dict(state, strict=False)
-    device = resolve_device(device)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(torch.bfloat16)
-    model.eval()
+    model.to(resolve_device(device)).eval()  # on CUDA the predictor runs under bf16 autocast
     return model, info
 
 

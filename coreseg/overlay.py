@@ -5,24 +5,42 @@ import cv2
 import numpy as np
 
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (160, 255, 96), (255, 96, 255), (255, 255, 255)]
+BOX_COLOUR = (255, 210, 0)
+TRUTH_COLOUR = (0, 255, 0)
 
 
-def draw_overlay(image: np.ndarray, mask: np.ndarray | None = None, boxes=(), colour=(255, 64, 64),
-                 truth: np.ndarray | None = None, alpha: float = 0.4) -> np.ndarray:
-    """uint8 RGB: the mask tinted with its outline, boxes as rectangles, and (optionally) the
-    ground-truth outline in green."""
-    out = np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[..., :3]).copy()
-    if out.ndim == 2:
-        out = np.repeat(out[:, :, None], 3, axis=2)
-    thickness = max(1, round(max(out.shape[:2]) / 300))
-    if mask is not None and mask.any():
-        m = mask.astype(bool)
-        out[m] = (out[m] * (1 - alpha) + np.array(colour) * alpha).astype(np.uint8)
-        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, colour, thickness)
+def resize(image: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
+    """Scale an image (or a mask, with `nearest`) by a factor."""
+    if scale == 1.0:
+        return image
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    method = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return cv2.resize(image, size, interpolation=method)
+
+
+def _outline(out: np.ndarray, mask: np.ndarray, colour, thickness: int) -> None:
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, colour, thickness)
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray | None = None, boxes=(), colour=COLOURS[0],
+                 truth: np.ndarray | None = None, alpha: float = 0.4, scale: float = 1.0) -> np.ndarray:
+    """uint8 RGB at `scale` × the image size: the mask tinted and outlined, the answer's boxes
+    (original pixels), and optionally the ground-truth outline in green."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    out = resize(np.ascontiguousarray(image[..., :3]), scale).copy()
+    thickness = max(1, round(max(out.shape[:2]) / 250))
+    if mask is not None:
+        m = resize(np.asarray(mask, dtype=np.uint8), scale, nearest=True).astype(bool)
+        if m.any():
+            out[m] = (out[m] * (1 - alpha) + np.array(colour, dtype=np.float32) * alpha).astype(np.uint8)
+            _outline(out, m, colour, thickness)
     if truth is not None and truth.any():
-        contours, _ = cv2.findContours(truth.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, (0, 255, 0), thickness)
-    for x1, y1, x2, y2 in boxes:
-        cv2.rectangle(out, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), (255, 255, 0), thickness)
+        _outline(out, resize(truth.astype(np.uint8), scale, nearest=True), TRUTH_COLOUR, thickness)
+    for x1, y1, x2, y2 in boxes or ():
+        cv2.rectangle(out, (int(round(x1 * scale)), int(round(y1 * scale))),
+                      (int(round(x2 * scale)) - 1, int(round(y2 * scale)) - 1), BOX_COLOUR, thickness)
     return out

@@ -68,6 +68,15 @@ class CoreSegPredictor:
     def device(self) -> torch.device:
         return next(self.model.segmenter.mask_decoder.parameters()).device
 
+    def _model_context(self):
+        """The model lock, and bf16 autocast on CUDA (fp32 on the CPU)."""
+        from contextlib import ExitStack
+
+        stack = ExitStack()
+        stack.enter_context(self._lock)
+        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"))
+        return stack
+
     def embedding(self, image: np.ndarray) -> torch.Tensor:
         """The cached image embedding (computed on first use)."""
         key = pixel_key(image, self.model_version)
@@ -87,7 +96,7 @@ class CoreSegPredictor:
         if not question or not question.strip():
             raise ValueError("ask a question, e.g. 'Outline the lesion.'")
         height, width = image.shape[:2]
-        with self._lock:
+        with self._model_context():
             embedding = self.embedding(image)
             generator = torch.Generator().manual_seed(int(seed))
             ids, logps = self.model.reasoner.generate(image, embedding, question, n_candidates, temperature, top_p,
@@ -100,7 +109,7 @@ class CoreSegPredictor:
                           box_prompt: bool = False) -> list[Candidate]:
         """Masks for given completions (e.g. stored ones, or the ground-truth answer), no sampling."""
         image = to_rgb(image)
-        with self._lock, torch.no_grad():
+        with self._model_context(), torch.no_grad():
             embedding = self.embedding(image)
             texts = [self.to_image_frame(self.decode_text(c), image.shape[:2]) for c in completions]
             return self._draw(image, embedding, question, completions, [[] for _ in completions], texts, box_prompt,
@@ -171,7 +180,7 @@ class CoreSegPredictor:
         s = self.model.segmenter.image_size
         if box is None:
             box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
-        with self._lock:
+        with self._model_context():
             embedding = self.embedding(image)
             points = None
             if clicks:

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from coreseg.overlay import draw_overlay
+
 MASK_COLOUR = (0, 190, 255)      # the mask being corrected
-BOX_COLOUR = (255, 210, 0)       # boxes written in the answer
 POSITIVE = (40, 220, 60)
 NEGATIVE = (255, 50, 50)
 DRAWN_BOX = (255, 120, 0)        # a box the annotator drew
@@ -30,39 +31,18 @@ def display_scale(height: int, width: int) -> float:
     return float(max(1, MIN_DISPLAY_SIDE // side))
 
 
-def _resize(image: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
-    if scale == 1.0:
-        return image
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    method = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    return cv2.resize(image, size, interpolation=method)
-
-
 def draw(display: np.ndarray, mask: np.ndarray | None = None, *, boxes=(), clicks=(), box=None, corner=None,
          colour=MASK_COLOUR, alpha: float = 0.35, scale: float | None = None) -> np.ndarray:
     """uint8 RGB: the scan with the mask tinted and outlined, answer boxes, clicks (green +, red −) and a
     drawn box; shown at `scale` (default: `display_scale`)."""
-    image = np.asarray(display, dtype=np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    height, width = image.shape[:2]
+    height, width = np.asarray(display).shape[:2]
     scale = display_scale(height, width) if scale is None else scale
-    out = _resize(np.ascontiguousarray(image[..., :3]), scale).copy()
+    out = draw_overlay(display, mask, boxes, colour=colour, alpha=alpha, scale=scale)
     thickness = max(1, round(max(out.shape[:2]) / 250))
-    if mask is not None:
-        m = _resize(np.asarray(mask, dtype=np.uint8), scale, nearest=True).astype(bool)
-        if m.any():
-            tint = np.array(colour, dtype=np.float32)
-            out[m] = (out[m] * (1 - alpha) + tint * alpha).astype(np.uint8)
-            contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-            cv2.drawContours(out, contours, -1, colour, thickness)
 
     def pt(x, y):
         return int(round(x * scale)), int(round(y * scale))
 
-    for x1, y1, x2, y2 in boxes or ():
-        cv2.rectangle(out, pt(x1, y1), pt(x2 - 1, y2 - 1), BOX_COLOUR, thickness)
     if box is not None:
         x1, y1, x2, y2 = box
         cv2.rectangle(out, pt(x1, y1), pt(x2 - 1, y2 - 1), DRAWN_BOX, thickness + 1)

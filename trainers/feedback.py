@@ -206,11 +206,12 @@ def _write_report(path: Path, info: dict) -> None:
     path.write_text("\n".join(lines))
 
 
-def _val_eval(predictor: CoreSegPredictor, data: str, limit: int) -> dict:
-    from coreseg.eval import evaluate, summarise
+def _val_eval(predictor: CoreSegPredictor, data: str, limit: int, sets: str) -> dict:
+    """The probe path on the labelled validation split (first `limit` images of each set)."""
     from coreseg.datasets import load_split
+    from coreseg.eval import evaluate, summarise
 
-    items = [i for s in ("busbra", "kvasir", "ph2") for i in load_split(data, s, "val")[:limit]]
+    items = [i for s in sets.split(",") for i in load_split(data, s, "val")[:limit]]
     records, _ = evaluate(predictor, items, methods=("probe",))
     return summarise(records).get("overall", {}).get("probe", {"n": 0})
 
@@ -220,7 +221,7 @@ def run_rounds(args) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
-                     weights=RewardWeights(human=args.human_weight))
+                     weights=RewardWeights(human=args.human_weight), bf16_decoder=args.bf16)
     base_path = Path(args.base)
     results = []
     for k in range(1, args.rounds + 1):
@@ -251,7 +252,7 @@ def run_rounds(args) -> list[dict]:
         before = {"held_out": evaluate_cases(base_predictor, held, cfg.weights),
                   "train": evaluate_cases(base_predictor, train, cfg.weights)}
         if args.data:
-            before["val"] = _val_eval(base_predictor, args.data, args.limit or 20)
+            before["val"] = _val_eval(base_predictor, args.data, args.limit or 20, args.sets)
         new_version = args.version or f"{base_version}+fb{k}"
         steps = args.steps or 2 * math.ceil(len(train) / args.batch_cases)
         stats: dict = {}
@@ -264,7 +265,7 @@ def run_rounds(args) -> list[dict]:
         after = {"held_out": evaluate_cases(new_predictor, held, cfg.weights),
                  "train": evaluate_cases(new_predictor, train, cfg.weights)}
         if args.data:
-            after["val"] = _val_eval(new_predictor, args.data, args.limit or 20)
+            after["val"] = _val_eval(new_predictor, args.data, args.limit or 20, args.sets)
         key = "held_out" if held else "train"
         not_worse = after[key]["dice"] >= before[key]["dice"] - 1e-9
         registered = bool(not_worse or args.force)

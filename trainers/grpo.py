@@ -50,6 +50,7 @@ class GRPOConfig:
     lr: float = 2e-5
     mask_weight: float = 1.0
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    bf16_decoder: bool = False    # bfloat16 autocast for the mask decoder only (the policy's log-probs stay fp32)
     weights: RewardWeights = field(default_factory=RewardWeights)
 
 
@@ -107,7 +108,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
         n = len(g.completions)
         logits, hidden = model.reasoner.forward_completions([g.image] * n, g.embedding.expand(n, -1, -1, -1),
                                                             [g.question] * n, g.completions)
-        mask_logits, _ = model.segmenter.decode(g.embedding, probe=model.probe(hidden, g.completions))
+        probe = model.probe(hidden, g.completions)
+        with torch.autocast(probe.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_decoder):
+            mask_logits = model.segmenter.decode(g.embedding, probe=probe)[0].float()
         target = F.interpolate(g.target, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
         mask_losses.append(dice_ce_loss(mask_logits, target.float().expand(n, -1, -1, -1)))
         pred = (mask_logits.detach() > 0)[:, 0].cpu().numpy()
@@ -272,6 +275,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--human-weight", type=float, default=0.5)
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the mask decoder")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -292,7 +296,8 @@ def main(argv=None) -> None:
         parser.error("give --data (ground-truth mode) or --db (feedback mode)")
     from trainers.samples import load_cases
 
-    cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature)
+    cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
+                     bf16_decoder=args.bf16)
     cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit)
     if not cases:
         raise SystemExit(f"no cached training features under {args.cache}")

@@ -36,7 +36,8 @@ class CoreSeg(nn.Module):
         else:
             from coreseg.modeling.qwen_reasoner import QwenReasoner
 
-            reasoner = QwenReasoner(config.reasoner)
+            reasoner = QwenReasoner(config.reasoner,
+                                    dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
         return cls(config, reasoner, segmenter)
 
     # -- the `<seg>` probe ------------------------------------------------------------------
