@@ -93,8 +93,8 @@ def test_bad_feedback_is_skipped_with_a_message(loop, tmp_path):
     import sqlite3
 
     con = sqlite3.connect(copy)
-    victim = con.execute("SELECT feedback_id FROM correction ORDER BY feedback_id LIMIT 1").fetchone()[0]
-    con.execute("UPDATE correction SET mask_png = ? WHERE feedback_id = ?",
+    victim = con.execute("SELECT feedback_id FROM corrections ORDER BY feedback_id LIMIT 1").fetchone()[0]
+    con.execute("UPDATE corrections SET mask_png = ? WHERE feedback_id = ?",
                 (codec.encode_mask(np.ones((7, 9), bool)), victim))
     con.commit()
     con.close()
