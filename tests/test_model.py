@@ -154,3 +154,18 @@ def test_full_profile_tiny_weights_load_predict_train_and_checkpoint(tiny_full_c
     assert info.config.reasoner.kind == "qwen2_5_vl"
     for key, value in model.trainable_state_dict().items():
         assert torch.allclose(loaded.trainable_state_dict()[key].float(), value.float(), atol=1e-3), key
+
+
+def test_shipped_compact_model_loads_and_answers_in_format():
+    """The app's embedded default: the trained checkpoint in assets/ loads through the real path and
+    writes a strictly valid answer with a mask on a bundled example scan."""
+    from coreseg.config import ASSETS_DIR, DEFAULT_CHECKPOINT
+    from coreseg.scan_io import read_scan
+
+    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+    assert predictor.trained and predictor.model_version == "compact-grpo"
+    scan = read_scan(ASSETS_DIR / "examples" / "bus_0859-l.png")
+    candidate = predictor.predict(scan.display, "Segment the mass in this ultrasound.", 1, temperature=0.0)[0]
+    assert candidate.parsed.ok, candidate.parsed.errors
+    assert candidate.parsed.answer.target == "breast mass"
+    assert 0 < candidate.mask.sum() < 0.5 * candidate.mask.size
