@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from annotation import codec
 from annotation.export import component_boxes
@@ -36,7 +37,7 @@ from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.metrics import dice
 from coreseg.modeling.segmenter import mask_to_low_res
 from coreseg.predictor import CoreSegPredictor, scale_boxes
-from trainers.grpo import GRPOConfig, Group, sample_group, train_groups
+from trainers.grpo import GRPOConfig, Group, case_index, sample_group, train_groups
 from trainers.rewards import RewardWeights, score_completions, segment_score
 
 
@@ -146,7 +147,7 @@ def feedback_groups(cases: list[FeedbackCase], cfg: GRPOConfig, batch_cases: int
         frame = predictor.model.config.box_frame
         groups = []
         for j in range(batch_cases):
-            case = order[(step * batch_cases + j) % len(order)]
+            case = order[case_index(step, j, batch_cases) % len(order)]
             if case.embedding is None:
                 case.embedding = predictor.embedding(case.image)
             ids, logps, ranks, ratings = [], [], [], []
@@ -273,7 +274,8 @@ def run_rounds(args) -> list[dict]:
                     + ("not worse" if not_worse else "worse") + (", forced" if args.force and not not_worse else ""))
         evaluation = {s: {"base": before[s], "new": after[s]} for s in before}
         feedback_ids = [c.feedback_id for c in cases]
-        if registered:
+        main_process = PartialState().is_main_process  # under `accelerate launch` one process writes
+        if registered and main_process:
             live = FeedbackStore(args.db)
             live.add_model_version(base_version)
             live.add_model_version(new_version, checkpoint.resolve(), parent=base_version,
@@ -284,9 +286,11 @@ def run_rounds(args) -> list[dict]:
                   "decision": decision, "checkpoint": str(checkpoint.resolve()), "feedback_ids": feedback_ids,
                   "n_train": len(train), "n_held_out": len(held), "snapshot": str(snap.url), "eval": evaluation,
                   "config": {**asdict(cfg), "weights": asdict(cfg.weights)}, "stored": stats}
-        _write_report(folder / "report.md", result)
-        done.write_text(json.dumps(result, indent=1, default=str))
-        print(f"round {k}: {decision}; registered={registered}; report {folder / 'report.md'}")
+        if main_process:
+            _write_report(folder / "report.md", result)
+            done.write_text(json.dumps(result, indent=1, default=str))
+            print(f"round {k}: {decision}; registered={registered}; report {folder / 'report.md'}")
+        PartialState().wait_for_everyone()
         if registered:
             base_path = checkpoint
         results.append(result)

@@ -202,7 +202,16 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
                  resume: bool = False, save_every: int = 20, desc: str = "grpo", parent: str | None = None) -> Path:
     """The GRPO loop shared by both modes. `make_groups(step, predictor, generator)` returns the
     step's groups. Saves `out/last` every `save_every` steps with the optimizer state, so `--resume`
-    continues from there; returns the final checkpoint path."""
+    continues from there; returns the final checkpoint path.
+
+    Under `accelerate launch` each process samples its own groups (its own generator seed) and the
+    gradients are averaged across processes before each step, so the update is the one of the
+    union of the processes' groups; only the main process writes.
+    """
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    model.to(accelerator.device)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
     reference = ReferencePolicy(model) if cfg.beta > 0 else None  # the base, also when resuming
@@ -217,25 +226,42 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         start = state["step"]
     model.train()
     predictor = CoreSegPredictor(model, version)
-    log = StepLog(out / "log.csv")
-    generator = torch.Generator().manual_seed(1234 + start)
-    for step in tqdm(range(start, steps), desc=desc, initial=start, total=steps):
+    log = StepLog(out / "log.csv") if accelerator.is_main_process else None
+    generator = torch.Generator().manual_seed(1234 + start + 7919 * accelerator.process_index)
+    for step in tqdm(range(start, steps), desc=desc, initial=start, total=steps,
+                     disable=not accelerator.is_main_process):
         t0 = time.time()
         model.eval()  # sampling without dropout; the loss pass below is deterministic too
         groups = make_groups(step, predictor, generator)
         model.train()
         loss, stats = grpo_loss(model, reference, groups, cfg, predictor)
         loss.backward()
+        if accelerator.num_processes > 1:
+            for p in model.trainable_parameters():
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
-        if (step + 1) % save_every == 0 or step + 1 == steps:
+        if log:
+            log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
+        if accelerator.is_main_process and ((step + 1) % save_every == 0 or step + 1 == steps):
             save_checkpoint(model, out / "last", f"{version}-s{step + 1}", parent=parent)
             torch.save({"step": step + 1, "optimizer": optimizer.state_dict()}, state_file)
-    plot_curves(out / "log.csv", out / "curves.png")
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        plot_curves(out / "log.csv", out / "curves.png")
     model.eval()
     return out / "last"
+
+
+def case_index(step: int, j: int, batch_cases: int) -> int:
+    """Which case (of a shuffled order) the j-th group of a step takes: consecutive per step, and
+    disjoint between the processes of an `accelerate launch`."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    return (step * state.num_processes + state.process_index) * batch_cases + j
 
 
 def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
@@ -246,7 +272,7 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
         rng = random.Random(seed * 7919 + step)
         groups = []
         for j in range(batch_cases):
-            case = order[(step * batch_cases + j) % len(order)]
+            case = order[case_index(step, j, batch_cases) % len(order)]
             question, _ = case.sample_text(rng, predictor.model.config.box_frame)
             frame = predictor.model.config.box_frame
             from coreseg.predictor import scale_boxes
