@@ -201,8 +201,9 @@ def _write_report(path: Path, info: dict) -> None:
         for who in ("base", "new"):
             m = info["eval"].get(split, {}).get(who)
             if m and m.get("n"):
-                lines.append(f"| {split} | {who} | {m['n']} | {m['dice']:.3f} | {m['failure_rate']:.3f} | "
-                             f"{m.get('segment_reward', float('nan')):.3f} | {m.get('reward', float('nan')):.3f} |")
+                cells = [f"{m[k]:.3f}" if m.get(k) is not None else "—"
+                         for k in ("dice", "failure_rate", "segment_reward", "reward")]
+                lines.append(f"| {split} | {who} | {m['n']} | " + " | ".join(cells) + " |")
     lines += ["", "![reward and KL](curves.png)", ""]
     path.write_text("\n".join(lines))
 
