@@ -38,7 +38,7 @@ class CheckpointInfo:
 
 
 def read_info(path: str | Path) -> CheckpointInfo:
-    path = Path(path)
+    path = existing_checkpoint(path)
     meta_file = path / "coreseg.json"
     if not meta_file.is_file():
         raise CheckpointError(f"{path} is not a CORE-Seg checkpoint (no coreseg.json)")
@@ -78,18 +78,31 @@ def save_checkpoint(model, path: str | Path, model_version: str, trained: bool =
             "parent": parent, "metrics": metrics or {}, "config": model.config.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / "coreseg.json").write_text(json.dumps(meta, indent=2))
-    if path.exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(path)
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        path.rename(old)  # a kill from here on leaves `.old` complete: `existing_checkpoint` finds it
     tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
     return path
+
+
+def existing_checkpoint(path: str | Path) -> Path:
+    """`path`, or the complete previous version left beside it by a save that was killed mid-swap."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    return old if not path.exists() and old.exists() else path
 
 
 def load_checkpoint(path: str | Path, device: str = "auto"):
     """Rebuild the model a checkpoint describes and load its trainable weights. Returns (model, info)."""
     from coreseg.modeling.core_seg import CoreSeg
 
+    path = existing_checkpoint(path)
     info = read_info(path)
     tokenizer = None
     if info.config.reasoner.kind == "compact":

@@ -121,8 +121,8 @@ def test_crash_mid_round_then_resume_gives_one_version(loop, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "round-1" / "done.json").exists()
-    subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=600)
+    resumed = subprocess.run([*cmd, "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((out / "round-1" / "done.json").read_text())
     assert result["new_version"] == "crash-v"
     store = FeedbackStore(work)

@@ -220,7 +220,9 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     if resume and state_file.exists():
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(out / "last" / "trainable.safetensors")), strict=False)
+        from coreseg.checkpoint import existing_checkpoint
+
+        model.load_state_dict(load_file(str(existing_checkpoint(out / "last") / "trainable.safetensors")), strict=False)
         state = torch.load(state_file, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
@@ -247,7 +249,8 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
             log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
         if accelerator.is_main_process and ((step + 1) % save_every == 0 or step + 1 == steps):
             save_checkpoint(model, out / "last", f"{version}-s{step + 1}", parent=parent)
-            torch.save({"step": step + 1, "optimizer": optimizer.state_dict()}, state_file)
+            torch.save({"step": step + 1, "optimizer": optimizer.state_dict()}, state_file.with_suffix(".tmp"))
+            state_file.with_suffix(".tmp").replace(state_file)  # atomic: a kill never leaves half a state
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         plot_curves(out / "log.csv", out / "curves.png")
