@@ -267,21 +267,7 @@ class FeedbackStore:
             raise FeedbackError("this store was opened read-only (a snapshot); nothing can be written to it")
         deadline = time.monotonic() + self.max_wait_s
         with self._writer_turn(deadline):
-            attempt = 0
-            while True:
-                conn = self.engine.connect()
-                conn.execution_options(coreseg_write=True)
-                try:
-                    trans = conn.begin()
-                    break
-                except OperationalError as exc:
-                    conn.close()
-                    if not _is_busy(exc):
-                        raise
-                    if time.monotonic() >= deadline:
-                        raise self._busy() from None
-                    attempt += 1
-                    self._sleep_backoff(attempt)
+            conn, trans = self._retry_busy(self._begin, deadline)
             try:
                 yield conn
                 trans.commit()
@@ -328,12 +314,28 @@ class FeedbackStore:
 
     def _write(self, fn):
         """Run `fn(conn)` in a write transaction, re-running it whole if the database reports busy mid-way."""
-        deadline = time.monotonic() + self.max_wait_s
+        def attempt():
+            with self.transaction() as conn:
+                return fn(conn)
+
+        return self._retry_busy(attempt, time.monotonic() + self.max_wait_s)
+
+    def _begin(self):
+        """A write connection with its transaction begun (BEGIN IMMEDIATE on SQLite)."""
+        conn = self.engine.connect()
+        conn.execution_options(coreseg_write=True)
+        try:
+            return conn, conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _retry_busy(self, fn, deadline: float):
+        """`fn()`, re-run with backoff while the database reports busy; `StoreBusy` after `deadline`."""
         attempt = 0
         while True:
             try:
-                with self.transaction() as conn:
-                    return fn(conn)
+                return fn()
             except OperationalError as exc:
                 if not _is_busy(exc):
                     raise
