@@ -3,6 +3,12 @@
     <think> reasoning without coordinates </think>
     <answer> The {target} is located at [[x1, y1, x2, y2], ...]. The mask is <seg>. </answer>
 
+An absent target is a first-class answer, not a failure: when the scan does not show what was asked,
+
+    <think> reasoning </think><answer> No {target} is visible. </answer>
+
+with no boxes and no `<seg>`: its mask is empty (scored by the empty-target rule of `coreseg.metrics`).
+
 Boxes are `[x1, y1, x2, y2]` in original-image pixels with exclusive ends (a box covers columns
 x1 … x2−1, so a whole W×H image is `[0, 0, W, H]`), everywhere; the model's own frame is converted at the model
 boundary only (see `coreseg.predictor`).
@@ -22,6 +28,7 @@ _BOX_LIST = re.compile(r"\[\s*(\[\s*-?\d+(?:\.\d+)?\s*(?:,\s*-?\d+(?:\.\d+)?\s*)
 _ONE_BOX = re.compile(r"\[\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\]")
 _TARGET = re.compile(r"The (.+?) (?:is|are) located at", re.S)
 _NUMBER_PAIR = re.compile(r"\d+\s*,\s*\d+")
+_ABSENT = re.compile(r"^No (.+?) (?:is|are) visible\.?$", re.S)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Answer:
     reasoning: str
     target: str
     boxes: tuple[Box, ...]
+    present: bool = True      # False: the answer says the target is not in the scan (no boxes, no mask)
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,10 @@ class ParseResult:
 
 
 def render_answer(reasoning: str, target: str, boxes) -> str:
-    """The canonical text for a reasoning chain, a target name and boxes (original pixels)."""
+    """The canonical text for a reasoning chain, a target name and boxes (original pixels).
+    No boxes means the target is absent: `<answer> No {target} is visible. </answer>`."""
+    if not len(boxes):
+        return f"{THINK_OPEN} {reasoning.strip()} {THINK_CLOSE}{ANSWER_OPEN} No {target.strip()} is visible. {ANSWER_CLOSE}"
     box_text = ", ".join(f"[{int(x1)}, {int(y1)}, {int(x2)}, {int(y2)}]" for x1, y1, x2, y2 in boxes)
     verb = "are" if len(boxes) > 1 else "is"
     return (f"{THINK_OPEN} {reasoning.strip()} {THINK_CLOSE}"
@@ -87,6 +98,9 @@ def parse_answer(text: str, image_size: tuple[int, int] | None = None) -> ParseR
         errors.append("text after </answer>")
     if reasoning and text.find(THINK_CLOSE) > text.find(ANSWER_OPEN):
         errors.append("<think> must come before <answer>")
+    absent = _ABSENT.match(body)
+    if absent and SEG_TOKEN not in text and not _ONE_BOX.search(body):
+        return ParseResult(Answer(reasoning, absent.group(1).strip(), (), present=False), tuple(errors))
     seg_count = body.count(SEG_TOKEN)
     if seg_count != 1:
         errors.append(f"the answer must hold exactly one {SEG_TOKEN} (found {seg_count})")

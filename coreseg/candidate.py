@@ -40,6 +40,7 @@ class Candidate:
             "reasoning": answer.reasoning if answer else "",
             "target": answer.target if answer else "",
             "boxes": [list(b) for b in answer.boxes] if answer else [],
+            "present": answer.present if answer else None,
             "mask_score": round(float(self.mask_score), 4),
             "mask_area": int(self.mask.sum()),
             "parse_errors": list(result.errors),

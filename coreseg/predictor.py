@@ -124,11 +124,19 @@ class CoreSegPredictor:
         if box_prompt:
             boxes = self._prompt_boxes(texts, (height, width))
         low_res, scores = self.model.segmenter.decode(embedding, probe=probe, boxes=boxes)
-        return [Candidate(text=texts[i], mask=logits_to_mask(low_res[i], height, width),
+        return [Candidate(text=texts[i], mask=self._answer_mask(texts[i], low_res[i], height, width),
                           mask_score=float(scores[i, 0]), token_ids=list(ids[i]), token_logprobs=list(logps[i]),
                           probe=probe[i].float().cpu().numpy(),
                           model_version=self.model_version, sampling={**sampling, "index": i}, trained=self.trained)
                 for i in range(len(ids))]
+
+    @staticmethod
+    def _answer_mask(text: str, low_res: torch.Tensor, height: int, width: int) -> np.ndarray:
+        """The mask an answer stands for: empty when it says the target is absent."""
+        answer = parse_answer(text, (height, width)).answer
+        if answer is not None and not answer.present:
+            return np.zeros((height, width), dtype=bool)
+        return logits_to_mask(low_res, height, width)
 
     def _prompt_boxes(self, texts: list[str], size: tuple[int, int]) -> torch.Tensor:
         """Each answer's first box in the segmenter frame (the whole image when it has none)."""
@@ -150,7 +158,7 @@ class CoreSegPredictor:
         """Re-render a model-frame answer with its boxes in original pixels; unparsable text is kept as is."""
         frame = self.model.config.box_frame
         result = parse_answer(text, (frame, frame))
-        if result.answer is None or not result.answer.boxes or not result.ok:
+        if result.answer is None or not result.ok:
             return text
         answer = result.answer
         return render_answer(answer.reasoning, answer.target, scale_boxes(answer.boxes, (frame, frame), size))
