@@ -27,7 +27,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+from coreseg.scan_io import read_scan
 
 DATA_ENV = "CORESEG_DATA"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -328,15 +330,11 @@ def load_split(data_dir, set_name: str, split: str) -> list[LabelledImage]:
 
 # ----------------------------------------------------------------------------------------------- pixels
 def read_image(item) -> np.ndarray:
-    """The image as uint8 RGB, H×W×3 (grey images are repeated over the channels)."""
+    """The image as uint8 RGB, H×W×3: the display image `coreseg.scan_io.read_scan` makes, the one the app
+    serves (EXIF orientation applied, 16-bit and float images percentile-windowed, alpha on black, grey
+    repeated over the channels), so that training and serving see the same pixels."""
     path = item.image_path if isinstance(item, LabelledImage) else Path(item)
-    with Image.open(path) as im:
-        if im.mode in ("I;16", "I;16B", "I", "F"):
-            arr = np.asarray(im, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = ((arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)).astype(np.uint8)
-            return np.repeat(arr[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    return read_scan(path).display
 
 
 def remove_specks(mask: np.ndarray, min_size: int = MIN_SPECK) -> np.ndarray:
@@ -356,7 +354,7 @@ def read_mask(item) -> np.ndarray:
     """The mask as a bool H×W array (see the module notes for the per-format rules)."""
     path = item.mask_path if isinstance(item, LabelledImage) else Path(item)
     with Image.open(path) as im:
-        grey = np.asarray(im.convert("L"))
+        grey = np.asarray(ImageOps.exif_transpose(im).convert("L"))  # upright, as `read_image` reads the image
     mask = grey > (127 if int(grey.max(initial=0)) > 127 else 0)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         mask = remove_specks(mask)

@@ -27,19 +27,20 @@ from tqdm import tqdm
 from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, load_folder, load_split, read_image, read_mask
 from coreseg.embedding_cache import pixel_key
+from coreseg.geometry import Frames
 from coreseg.metrics import dice, score_sample
-from coreseg.modeling.segmenter import Segmenter, logits_to_mask
-from coreseg.predictor import CoreSegPredictor, scale_boxes
+from coreseg.modeling.segmenter import Segmenter
+from coreseg.predictor import CoreSegPredictor
 
 METHODS = ("probe", "probe_box", "cascade", "litemedsam")
 
 
 def _box_decode(baseline: Segmenter, embedding: torch.Tensor, box, size: tuple[int, int]) -> np.ndarray:
-    s = baseline.image_size
-    frame_box = scale_boxes([box], size, (s, s))[0]
+    frames = Frames(size, image_size=baseline.image_size)
     with torch.no_grad():
-        low_res, _ = baseline.decode(embedding, boxes=torch.tensor([frame_box], dtype=torch.float32))
-    return logits_to_mask(low_res[0], *size)
+        low_res, _ = baseline.decode(embedding, boxes=torch.tensor([frames.box(box, "image", "segmenter")],
+                                                                   dtype=torch.float32))
+    return frames.mask(low_res[0])
 
 
 def question_for(item: LabelledImage, fixed: str | None) -> str:

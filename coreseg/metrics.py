@@ -83,8 +83,12 @@ class BoxMatch:
 
     @property
     def f1(self) -> float:
-        tp, fp, fn = self.true_positives, self.false_positives, self.false_negatives
-        return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        return f1_score(self.true_positives, self.false_positives, self.false_negatives)
+
+
+def f1_score(tp: int, fp: int, fn: int) -> float:
+    """2·TP / (2·TP + FP + FN); nothing to find and nothing found → 1 (the empty-target rule)."""
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def match_boxes(pred: list[Box], truth: list[Box], iou_threshold: float = 0.5) -> BoxMatch:
@@ -102,10 +106,22 @@ def match_boxes(pred: list[Box], truth: list[Box], iou_threshold: float = 0.5) -
     return BoxMatch(pairs, tp, len(pred) - tp, len(truth) - tp)
 
 
-def detect_score(pred: list[Box], truth: list[Box]) -> float:
-    """Mean IoU of the matched pairs × F1 of the matching (the paper's detect reward)."""
+def detect_score(pred: list[Box], truth: list[Box], rejected: int = 0) -> float:
+    """Mean IoU of the matched pairs × F1 of the matching (the paper's detect reward); `rejected` boxes
+    (ones the parser refused: outside the image, x1 ≥ x2) count as extra false positives.
+
+    Empty-target rule: no true box, no predicted box and nothing rejected → 1; any box against an
+    empty truth → 0.
+    """
+    if not truth:
+        return 1.0 if not pred and rejected == 0 else 0.0
     m = match_boxes(pred, truth)
-    return m.mean_iou * m.f1
+    return m.mean_iou * f1_score(m.true_positives, m.false_positives + rejected, m.false_negatives)
+
+
+def is_failure(dice_value: float, parsed: bool) -> bool:
+    """The paper's failure: Dice = 0 or an output that does not parse."""
+    return (not parsed) or dice_value == 0.0
 
 
 @dataclass(frozen=True)
@@ -119,8 +135,8 @@ class SampleScore:
 
     @property
     def failed(self) -> bool:
-        """The paper's failure: Dice = 0 or an output that does not parse."""
-        return (not self.parsed) or self.dice == 0.0
+        """The paper's failure (`is_failure`): Dice = 0 or an output that does not parse."""
+        return is_failure(self.dice, self.parsed)
 
 
 def score_sample(pred_mask, truth_mask, pred_boxes, truth_boxes, parsed: bool = True) -> SampleScore:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from coreseg.geometry import scan_to_display
+
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0), (160, 255, 96), (255, 96, 255), (255, 255, 255)]
 BOX_COLOUR = (255, 210, 0)
 TRUTH_COLOUR = (0, 255, 0)
@@ -41,6 +43,6 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray | None = None, boxes=(), co
     if truth is not None and truth.any():
         _outline(out, resize(truth.astype(np.uint8), scale, nearest=True), TRUTH_COLOUR, thickness)
     for x1, y1, x2, y2 in boxes or ():
-        cv2.rectangle(out, (int(round(x1 * scale)), int(round(y1 * scale))),
-                      (int(round(x2 * scale)) - 1, int(round(y2 * scale)) - 1), BOX_COLOUR, thickness)
+        (dx1, dy1), (dx2, dy2) = scan_to_display(x1, y1, scale), scan_to_display(x2, y2, scale)
+        cv2.rectangle(out, (dx1, dy1), (dx2 - 1, dy2 - 1), BOX_COLOUR, thickness)  # exclusive ends
     return out

@@ -2,8 +2,8 @@
 that sampling candidates and every refinement click reuse one encoding.
 
 Coordinates: callers speak original-image pixels; the model writes boxes in its own square
-`box_frame` and the segmenter takes prompts in its `image_size` frame. Both conversions happen
-here and nowhere else.
+`box_frame` and the segmenter takes prompts in its `image_size` frame. The predictor converts at
+this boundary with `coreseg.geometry.Frames`, the one place frames are defined.
 """
 from __future__ import annotations
 
@@ -15,20 +15,7 @@ import torch
 from coreseg.answer import ANSWER_CLOSE, parse_answer, render_answer
 from coreseg.candidate import Candidate
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
-from coreseg.modeling.segmenter import logits_to_mask
-
-
-def scale_boxes(boxes, from_size: tuple[int, int], to_size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """Boxes from a (height, width) frame to another, rounded and clipped to the target frame."""
-    (fh, fw), (th, tw) = from_size, to_size
-    out = []
-    for x1, y1, x2, y2 in boxes:
-        nx1, nx2 = sorted((round(x1 * tw / fw), round(x2 * tw / fw)))
-        ny1, ny2 = sorted((round(y1 * th / fh), round(y2 * th / fh)))
-        nx1, ny1 = max(0, min(nx1, tw - 1)), max(0, min(ny1, th - 1))
-        nx2, ny2 = max(nx1 + 1, min(nx2, tw)), max(ny1 + 1, min(ny2, th))
-        out.append((nx1, ny1, nx2, ny2))
-    return out
+from coreseg.geometry import Frames
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -136,16 +123,20 @@ class CoreSegPredictor:
         answer = parse_answer(text, (height, width)).answer
         if answer is not None and not answer.present:
             return np.zeros((height, width), dtype=bool)
-        return logits_to_mask(low_res, height, width)
+        return Frames((height, width)).mask(low_res)
+
+    def frames(self, size: tuple[int, int]) -> Frames:
+        """The coordinate frames of an image of `size` (height, width) for this model."""
+        return Frames.of(self.model, size)
 
     def _prompt_boxes(self, texts: list[str], size: tuple[int, int]) -> torch.Tensor:
         """Each answer's first box in the segmenter frame (the whole image when it has none)."""
-        s = self.model.segmenter.image_size
+        frames = self.frames(size)
         rows = []
         for text in texts:
             answer = parse_answer(text, size).answer
-            box = answer.boxes[0] if answer and answer.boxes else (0, 0, size[1], size[0])
-            rows.append(scale_boxes([box], size, (s, s))[0])
+            box = answer.boxes[0] if answer and answer.boxes else frames.whole_box()
+            rows.append(frames.box(box, "image", "segmenter"))
         return torch.tensor(rows, dtype=torch.float32, device=self.device)
 
     def decode_text(self, ids: list[int]) -> str:
@@ -156,20 +147,19 @@ class CoreSegPredictor:
 
     def to_image_frame(self, text: str, size: tuple[int, int]) -> str:
         """Re-render a model-frame answer with its boxes in original pixels; unparsable text is kept as is."""
-        frame = self.model.config.box_frame
-        result = parse_answer(text, (frame, frame))
+        frames = self.frames(size)
+        result = parse_answer(text, frames.frame("box"))
         if result.answer is None or not result.ok:
             return text
         answer = result.answer
-        return render_answer(answer.reasoning, answer.target, scale_boxes(answer.boxes, (frame, frame), size))
+        return render_answer(answer.reasoning, answer.target, frames.boxes(answer.boxes, "box", "image"))
 
     def to_model_frame(self, text: str, size: tuple[int, int]) -> str:
         """The inverse: an answer in original pixels → the text the model is trained to write."""
-        frame = self.model.config.box_frame
         answer = parse_answer(text, size).answer
         if answer is None:
             raise ValueError(f"cannot convert an unparsable answer: {text[:80]!r}")
-        return render_answer(answer.reasoning, answer.target, scale_boxes(answer.boxes, size, (frame, frame)))
+        return render_answer(answer.reasoning, answer.target, self.frames(size).boxes(answer.boxes, "image", "box"))
 
     # -- refinement ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -185,26 +175,25 @@ class CoreSegPredictor:
         """
         image = to_rgb(image)
         height, width = image.shape[:2]
-        s = self.model.segmenter.image_size
+        frames = self.frames((height, width))
         if box is None:
             box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
         with self._model_context():
             embedding = self.embedding(image)
             points = None
             if clicks:
-                coords = torch.tensor([[[x * s / width, y * s / height] for x, y, _ in clicks]], dtype=torch.float32,
-                                      device=self.device)
+                coords = torch.tensor([frames.points([(x, y) for x, y, _ in clicks], "image", "segmenter")],
+                                      dtype=torch.float32, device=self.device)
                 labels = torch.tensor([[int(l) for _, _, l in clicks]], dtype=torch.int64, device=self.device)
                 points = (coords, labels)
             boxes = None
             if box is not None:
-                boxes = torch.tensor([scale_boxes([box], (height, width), (s, s))[0]], dtype=torch.float32,
-                                     device=self.device)
+                boxes = torch.tensor([frames.box(box, "image", "segmenter")], dtype=torch.float32, device=self.device)
             probe = None
             if self.trained and candidate.probe is not None:
                 probe = torch.from_numpy(candidate.probe)[None].to(self.device)
             low_res, scores = self.model.segmenter.decode(embedding, probe=probe, points=points, boxes=boxes)
-        mask = enforce_clicks(logits_to_mask(low_res[0], height, width), clicks)
+        mask = enforce_clicks(frames.mask(low_res[0]), clicks)
         return Candidate(text=candidate.text, mask=mask, mask_score=float(scores[0, 0]),
                          token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs, probe=candidate.probe,
                          model_version=self.model_version,

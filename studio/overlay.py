@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from coreseg.geometry import (MAX_DISPLAY_SIDE, MIN_DISPLAY_SIDE, display_scale,  # noqa: F401  (re-exported)
+                              display_to_scan, scan_to_display)
 from coreseg.overlay import draw_overlay
 
 MASK_COLOUR = (0, 190, 255)      # the mask being corrected
@@ -19,16 +21,6 @@ NEGATIVE = (255, 50, 50)
 DRAWN_BOX = (255, 120, 0)        # a box the annotator drew
 ADD_STROKE = "#00ff00"           # brush colours in the editor: green adds to the mask, magenta removes
 REMOVE_STROKE = "#ff00ff"
-MAX_DISPLAY_SIDE = 1024          # larger scans are shown downscaled (clicks are mapped back)
-MIN_DISPLAY_SIDE = 512           # smaller ones are shown enlarged by a whole factor, so clicks land precisely
-
-
-def display_scale(height: int, width: int) -> float:
-    """Factor from scan pixels to shown pixels."""
-    side = max(height, width, 1)
-    if side > MAX_DISPLAY_SIDE:
-        return MAX_DISPLAY_SIDE / side
-    return float(max(1, MIN_DISPLAY_SIDE // side))
 
 
 def draw(display: np.ndarray, mask: np.ndarray | None = None, *, boxes=(), clicks=(), box=None, corner=None,
@@ -41,7 +33,7 @@ def draw(display: np.ndarray, mask: np.ndarray | None = None, *, boxes=(), click
     thickness = max(1, round(max(out.shape[:2]) / 250))
 
     def pt(x, y):
-        return int(round(x * scale)), int(round(y * scale))
+        return scan_to_display(x, y, scale)
 
     if box is not None:
         x1, y1, x2, y2 = box
@@ -61,9 +53,8 @@ def draw(display: np.ndarray, mask: np.ndarray | None = None, *, boxes=(), click
 
 
 def to_scan_xy(x: float, y: float, scale: float, height: int, width: int) -> tuple[int, int]:
-    """A point on the shown image → scan pixels (clipped inside)."""
-    sx, sy = int(x / scale), int(y / scale)
-    return min(max(sx, 0), width - 1), min(max(sy, 0), height - 1)
+    """A point on the shown image → scan pixels (clipped inside); the rule is `coreseg.geometry`'s."""
+    return display_to_scan(x, y, scale, height, width)
 
 
 def _hex_rgb(colour: str) -> np.ndarray:

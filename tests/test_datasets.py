@@ -174,3 +174,37 @@ def test_errors_sets_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv("CORESEG_DATA")
     with pytest.raises(FileNotFoundError):
         resolve_data_dir(None)
+
+
+def test_training_and_serving_read_the_same_pixels(tmp_path):
+    """One image reader: `read_image` (training) gives exactly the display image `scan_io` serves, for a
+    PNG with an EXIF orientation tag (applied: the image is upright) and for a 16-bit PNG (windowed alike)."""
+    from coreseg.scan_io import read_scan
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:5, :, 0] = 255                     # a red band along the top of the stored pixels
+    rgb[:, :3, 1] = 200
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # "rotate 90° clockwise to display"
+    oriented = tmp_path / "oriented.png"
+    Image.fromarray(rgb).save(oriented, exif=exif)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[:5, :] = 255
+    oriented_mask = tmp_path / "oriented_mask.png"
+    Image.fromarray(mask).save(oriented_mask, exif=exif)
+    trained = read_image(oriented)
+    assert trained.shape == (30, 20, 3)     # upright: the tag was applied
+    assert np.array_equal(trained, read_scan(oriented).display)
+    assert np.array_equal(trained[:, -5:, 0], np.full((30, 5), 255))   # the top band is now on the right
+    upright_mask = read_mask(oriented_mask)
+    assert upright_mask.shape == trained.shape[:2] and upright_mask[:, -5:].all() and not upright_mask[:, :-5].any()
+
+    deep = tmp_path / "sixteen.png"
+    values = (np.arange(40 * 50).reshape(40, 50) * 20 + 1000).astype(np.uint16)
+    values[0, 0] = 65535                    # one hot pixel: min-max scaling would darken everything else
+    Image.fromarray(values).save(deep)
+    assert Image.open(deep).mode.startswith("I")
+    trained = read_image(deep)
+    assert trained.dtype == np.uint8 and trained.shape == (40, 50, 3)
+    assert np.array_equal(trained, read_scan(deep).display)
+    assert trained[20, 25, 0] > 100          # windowed on percentiles, not squashed by the outlier

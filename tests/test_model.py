@@ -11,10 +11,10 @@ import torch
 from coreseg.answer import parse_answer, render_answer
 from coreseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from coreseg.config import ModelConfig, ReasonerConfig, SegmenterConfig
+from coreseg.geometry import mask_to_low_res, scale_boxes
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
-from coreseg.modeling.segmenter import mask_to_low_res
-from coreseg.predictor import CoreSegPredictor, scale_boxes
+from coreseg.predictor import CoreSegPredictor
 from tiny_models import TINY_VIT, save_tiny_qwen2_5_vl, save_tiny_sam
 
 SMALL_REASONER = ReasonerConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_new_tokens=40)

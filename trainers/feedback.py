@@ -34,9 +34,9 @@ from annotation.export import component_boxes
 from annotation.store import FeedbackStore
 from coreseg.answer import render_answer
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
-from coreseg.metrics import dice
-from coreseg.modeling.segmenter import mask_to_low_res
-from coreseg.predictor import CoreSegPredictor, scale_boxes
+from coreseg.geometry import mask_to_low_res, scale_boxes
+from coreseg.metrics import dice, is_failure
+from coreseg.predictor import CoreSegPredictor
 from trainers.grpo import GRPOConfig, Group, case_index, sample_group, train_groups
 from trainers.rewards import RewardWeights, score_completions, segment_score
 
@@ -181,7 +181,7 @@ def evaluate_cases(predictor: CoreSegPredictor, cases: list[FeedbackCase], weigh
         c = predictor.predict(case.image, case.question, 1, temperature=0.0)[0]
         d = dice(c.mask, case.mask)
         dices.append(d)
-        failed.append(d == 0 or not c.parsed.ok)
+        failed.append(is_failure(d, c.parsed.ok))
         segment.append(segment_score(c.mask, case.mask))
         total.append(score_completions([case.question], [c.text], weights, image_size=[case.size],
                                        gt_boxes=[case.boxes], gt_mask=[case.mask], pred_mask=[c.mask])[0]["total"])

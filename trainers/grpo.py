@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
+from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.losses import dice_ce_loss
 from coreseg.predictor import CoreSegPredictor
@@ -120,7 +121,7 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
                                  gt_boxes=[g.gt_boxes] * n, gt_mask=[truth] * n, pred_mask=list(pred), **g.columns)
         stats_rows += rows
         all_rewards.append([r["total"] for r in rows])
-        dices += [2 * (p & truth).sum() / max(1, p.sum() + truth.sum()) for p in pred]
+        dices += [dice(p, truth) for p in pred]
         ref_logits = reference.logits([g.image] * n, g.embedding.expand(n, -1, -1, -1), [g.question] * n,
                                       g.completions) if reference is not None and cfg.beta > 0 else None
         per_group.append((logits, ref_logits, g))
@@ -276,13 +277,11 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
         groups = []
         for j in range(batch_cases):
             case = order[case_index(step, j, batch_cases) % len(order)]
-            question, _ = case.sample_text(rng, predictor.model.config.box_frame)
             frame = predictor.model.config.box_frame
-            from coreseg.predictor import scale_boxes
-
+            question, _ = case.sample_text(rng, frame)
             ids, logps = sample_group(predictor, case.image, case.embedding, question, cfg, generator)
-            groups.append(Group(case.image, case.embedding, case.target,
-                                scale_boxes(case.facts.boxes, case.thumb_size, (frame, frame)), question, ids, logps))
+            groups.append(Group(case.image, case.embedding, case.target, case.boxes("box", frame), question, ids,
+                                logps))
         return groups
 
     return make

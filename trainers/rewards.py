@@ -38,7 +38,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from coreseg.answer import parse_answer
-from coreseg.metrics import dice, mask_giou, match_boxes
+from coreseg.metrics import detect_score, dice, mask_giou
 
 COARSE_DICE_THRESHOLD = 0.05
 SEGMENT_FLOOR = -1.0
@@ -103,14 +103,9 @@ def format_reward(prompts, completions, **columns) -> list[float | None]:
 
 
 def detect_score_with_rejects(pred: Sequence, truth: Sequence, rejected: int = 0) -> float:
-    """Mean IoU of the matched pairs × F1, with `rejected` extra false positives (= `detect_score` when 0)."""
-    pred, truth = _as_boxes(pred), _as_boxes(truth)
-    if not truth:
-        return 1.0 if not pred and rejected == 0 else 0.0
-    m = match_boxes(pred, truth)
-    tp, fp, fn = m.true_positives, m.false_positives + rejected, m.false_negatives
-    f1 = 2 * tp / (2 * tp + fp + fn)
-    return m.mean_iou * f1
+    """Mean IoU of the matched pairs × F1, with `rejected` extra false positives: `coreseg.metrics.detect_score`,
+    the one detect score (evaluation and reward agree)."""
+    return detect_score(_as_boxes(pred), _as_boxes(truth), rejected)
 
 
 def detect_reward(prompts, completions, **columns) -> list[float | None]:

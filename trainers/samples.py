@@ -13,7 +13,7 @@ import torch
 
 from coreseg.answer import render_answer
 from coreseg.datasets import LabelledImage, load_split, read_image
-from coreseg.predictor import scale_boxes
+from coreseg.geometry import Frames
 from trainers.features import feature_path, interleave, load_features
 from trainers.questions import sample_question
 from trainers.reasoning import MODALITY_OF, LesionFacts, build_reasoning, describe_lesion, target_name
@@ -35,16 +35,17 @@ class Case:
     def set_name(self) -> str:
         return self.item.set_name
 
-    def boxes(self) -> list[tuple[int, int, int, int]]:
-        """The lesion's boxes in original pixels."""
-        return scale_boxes(self.facts.boxes, self.thumb_size, self.size)
+    def boxes(self, frame="image", box_frame: int = 256) -> list[tuple[int, int, int, int]]:
+        """The lesion's boxes (measured on the thumbnail) in original pixels, or in another frame of
+        `coreseg.geometry.Frames` (e.g. "box": the model's `box_frame`)."""
+        return Frames(self.size, box_frame=box_frame).boxes(self.facts.boxes, self.thumb_size, frame)
 
     def sample_text(self, rng: random.Random, frame: int) -> tuple[str, str]:
         """(question, answer in the model's box frame), worded anew from `rng`."""
         key = self.set_name
         question = sample_question(key, self.item.labels, rng)
         reasoning = build_reasoning(self.facts, key, self.item.labels, rng, modality=MODALITY_OF.get(key))
-        boxes = scale_boxes(self.facts.boxes, self.thumb_size, (frame, frame))
+        boxes = self.boxes("box", frame)
         return question, render_answer(reasoning, target_name(key, len(boxes)), boxes)
 
 

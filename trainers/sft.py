@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.config import ModelConfig, ReasonerConfig
+from coreseg.geometry import LOW_RES, Frames
+from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
 from trainers.samples import Case, load_cases
@@ -38,23 +40,25 @@ def prompt_mix(cases: list[Case], rng: random.Random, image_size: int, share: fl
     if rng.random() >= share:
         return None, None
     boxes, coords, labels = [], [], []
+    frames = Frames((LOW_RES, LOW_RES), image_size=image_size)  # the targets are in the decoder's frame
     for case in cases:
         target = case.target[0, 0].numpy() > 0.5
         ys, xs = np.nonzero(target)
-        scale = image_size / target.shape[0]
         if len(xs) == 0:
-            x1, y1, x2, y2 = 0, 0, target.shape[1], target.shape[0]
+            x1, y1, x2, y2 = frames.whole_box("low_res")
         else:
             x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         w, h = x2 - x1, y2 - y1
         jitter = [rng.uniform(-0.1, 0.1) * d for d in (w, h, w, h)]
-        boxes.append([(x1 + jitter[0]) * scale, (y1 + jitter[1]) * scale, (x2 + jitter[2]) * scale,
-                      (y2 + jitter[3]) * scale])
+        corners = frames.points([(x1 + jitter[0], y1 + jitter[1]), (x2 + jitter[2], y2 + jitter[3])], "low_res",
+                                "segmenter")
+        boxes.append([*corners[0], *corners[1]])
         inside = rng.randrange(len(xs)) if len(xs) else 0
         out_y, out_x = np.nonzero(~target)
         outside = rng.randrange(len(out_x))
-        coords.append([[xs[inside] * scale if len(xs) else 0, ys[inside] * scale if len(xs) else 0],
-                       [out_x[outside] * scale, out_y[outside] * scale]])
+        positive = (xs[inside], ys[inside]) if len(xs) else (0, 0)
+        coords.append([list(p) for p in frames.points([positive, (out_x[outside], out_y[outside])], "low_res",
+                                                      "segmenter")])
         labels.append([1, 0])
     boxes = torch.tensor(boxes, dtype=torch.float32)
     points = (torch.tensor(coords, dtype=torch.float32), torch.tensor(labels)) if rng.random() < 0.5 else None
@@ -82,10 +86,9 @@ def validate(model: CoreSeg, cases: list[Case], batch_size: int, seed: int = 0) 
         out = model([c.image for c in batch], torch.cat([c.embedding for c in batch]), questions, completions,
                     torch.cat([c.target for c in batch]))
         lm.append(float(out["lm"]))
-        pred = (out["mask_logits"] > 0).float()
+        pred = (out["mask_logits"] > 0)[:, 0].cpu().numpy()
         target = torch.nn.functional.interpolate(torch.cat([c.target for c in batch]), size=pred.shape[-2:]) > 0.5
-        inter = (pred * target).sum((1, 2, 3))
-        dices += (2 * inter / (pred.sum((1, 2, 3)) + target.sum((1, 2, 3))).clamp(min=1)).tolist()
+        dices += [dice(p, t) for p, t in zip(pred, target[:, 0].cpu().numpy())]
     model.train()
     return {"val_lm": float(np.mean(lm)) if lm else float("nan"), "val_dice": float(np.mean(dices)) if dices else float("nan")}
 

@@ -1,6 +1,6 @@
 """The segmentation module: a SAM image encoder (frozen), prompt encoder (frozen) and mask decoder
 (trained), after segment-anything. The image is squashed to a square `image_size` frame; prompts
-(points, boxes) are given in that frame."""
+(points, boxes) are given in that frame (`coreseg.geometry.Frames` converts to and from it)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreseg.config import SegmenterConfig
+from coreseg.geometry import LOW_RES, logits_to_mask, mask_to_low_res  # noqa: F401  (the frames live in geometry)
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-LOW_RES = 256  # SAM decoders emit 256 × 256 logits
 
 
 def _build_litemedsam(pretrained: bool):
@@ -114,15 +114,3 @@ class Segmenter(nn.Module):
             scores.append(iou)
         return torch.cat(logits), torch.cat(scores)
 
-
-def logits_to_mask(low_res: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """256 × 256 logits → a bool mask of the original size (upsample the scores, then threshold)."""
-    up = F.interpolate(low_res.float().reshape(1, 1, *low_res.shape[-2:]), size=(height, width), mode="bilinear",
-                       align_corners=False)
-    return (up[0, 0] > 0).cpu().numpy()
-
-
-def mask_to_low_res(mask: np.ndarray) -> torch.Tensor:
-    """A bool mask of any size → 1 × 1 × 256 × 256 float target in the decoder's frame."""
-    x = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-    return (F.interpolate(x, size=(LOW_RES, LOW_RES), mode="bilinear", align_corners=False) > 0.5).float()
