@@ -1,81 +1,94 @@
-"""Schema migrations: upgrade an older database in place, one version at a time, inside one write transaction.
+"""Schema migrations with frozen DDL: each step says literally what it creates, Alembic-style, by hand.
 
-`MIGRATIONS[n]` takes a database from version n − 1 to n. Each step uses portable DDL (ADD COLUMN, CREATE
-TABLE through the SQLModel metadata) so it runs on SQLite and PostgreSQL alike. `V1_DDL` is the first
-release's schema as it was shipped, kept so that tests (and anyone) can build a real version-1 database.
+`MIGRATIONS[n]` takes a database from version n − 1 to n; a new database runs every step from 0, so a new
+and an upgraded database are built by the same statements. No step reads the current models
+(`annotation.schema`): a later change there never changes an old step. The tables a step creates are declared
+in the step itself (SQLAlchemy Core, compiled for SQLite or PostgreSQL); a test checks that the last step's
+result equals the models. To change the schema: add a step, bump `schema.SCHEMA_VERSION`, edit the models.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import Connection, inspect
-from sqlmodel import SQLModel
+from sqlalchemy import (JSON, Boolean, Column, Connection, DateTime, Float, ForeignKey, Index, Integer,
+                        LargeBinary, MetaData, String, Table, UniqueConstraint, inspect, select)
 
 from annotation import schema
+from annotation.db import Database, FeedbackError
 
-V1_DDL: tuple[str, ...] = (
-    """CREATE TABLE schema_info (id INTEGER NOT NULL, version INTEGER NOT NULL, updated_at DATETIME NOT NULL,
-        PRIMARY KEY (id))""",
-    """CREATE TABLE annotators (id INTEGER NOT NULL, name VARCHAR(200) NOT NULL, role VARCHAR(20) NOT NULL,
-        created_at DATETIME NOT NULL, PRIMARY KEY (id), UNIQUE (name))""",
-    """CREATE TABLE model_versions (id INTEGER NOT NULL, name VARCHAR(200) NOT NULL, checkpoint_path VARCHAR,
-        parent_id INTEGER, metrics JSON, notes VARCHAR, created_at DATETIME NOT NULL, PRIMARY KEY (id),
-        UNIQUE (name), FOREIGN KEY(parent_id) REFERENCES model_versions (id))""",
-    """CREATE TABLE scans (hash VARCHAR(64) NOT NULL, codec VARCHAR(16) NOT NULL, dtype VARCHAR(16) NOT NULL,
-        shape JSON, height INTEGER NOT NULL, width INTEGER NOT NULL, modality VARCHAR(40), source_format VARCHAR(40),
-        meta JSON, pixels BLOB NOT NULL, display_png BLOB, created_at DATETIME NOT NULL, PRIMARY KEY (hash))""",
-    """CREATE TABLE cases (id INTEGER NOT NULL, scan_hash VARCHAR(64) NOT NULL, question VARCHAR NOT NULL,
-        created_by INTEGER NOT NULL, created_at DATETIME NOT NULL, PRIMARY KEY (id),
-        FOREIGN KEY(scan_hash) REFERENCES scans (hash), FOREIGN KEY(created_by) REFERENCES annotators (id))""",
-    "CREATE INDEX ix_cases_scan_hash ON cases (scan_hash)",
-    """CREATE TABLE runs (id INTEGER NOT NULL, case_id INTEGER NOT NULL, model_version_id INTEGER NOT NULL,
-        sampling JSON, created_at DATETIME NOT NULL, PRIMARY KEY (id), FOREIGN KEY(case_id) REFERENCES cases (id),
-        FOREIGN KEY(model_version_id) REFERENCES model_versions (id))""",
-    "CREATE INDEX ix_runs_case_id ON runs (case_id)",
-    "CREATE INDEX ix_runs_model_version_id ON runs (model_version_id)",
-    """CREATE TABLE candidates (id INTEGER NOT NULL, run_id INTEGER NOT NULL, group_index INTEGER NOT NULL,
-        text VARCHAR NOT NULL, reasoning VARCHAR NOT NULL, target VARCHAR NOT NULL, boxes JSON, parse_errors JSON,
-        mask_png BLOB NOT NULL, mask_area INTEGER NOT NULL, mask_score FLOAT NOT NULL, token_ids BLOB NOT NULL,
-        token_logprobs BLOB NOT NULL, sampling JSON, trained BOOLEAN NOT NULL, PRIMARY KEY (id),
-        UNIQUE (run_id, group_index), FOREIGN KEY(run_id) REFERENCES runs (id))""",
-    "CREATE INDEX ix_candidates_run_id ON candidates (run_id)",
-    """CREATE TABLE feedback (id INTEGER NOT NULL, case_id INTEGER NOT NULL, run_id INTEGER NOT NULL,
-        annotator_id INTEGER NOT NULL, status VARCHAR(20) NOT NULL, submission_id VARCHAR(200),
-        payload_sha256 VARCHAR(64) NOT NULL, chosen_candidate_id INTEGER, edited_reasoning VARCHAR,
-        edited_candidate_id INTEGER, clicks INTEGER NOT NULL, strokes INTEGER NOT NULL, seconds FLOAT NOT NULL,
-        created_at DATETIME NOT NULL, PRIMARY KEY (id), FOREIGN KEY(case_id) REFERENCES cases (id),
-        FOREIGN KEY(run_id) REFERENCES runs (id), FOREIGN KEY(annotator_id) REFERENCES annotators (id),
-        UNIQUE (submission_id), FOREIGN KEY(chosen_candidate_id) REFERENCES candidates (id),
-        FOREIGN KEY(edited_candidate_id) REFERENCES candidates (id))""",
-    "CREATE INDEX ix_feedback_annotator_id ON feedback (annotator_id)",
-    "CREATE INDEX ix_feedback_run_id ON feedback (run_id)",
-    "CREATE INDEX ix_feedback_case_id ON feedback (case_id)",
-    "CREATE INDEX ix_feedback_status ON feedback (status)",
-    "CREATE INDEX ix_feedback_created_at ON feedback (created_at)",
-    """CREATE TABLE corrections (id INTEGER NOT NULL, feedback_id INTEGER NOT NULL,
-        proposal_candidate_id INTEGER NOT NULL, mask_png BLOB NOT NULL, height INTEGER NOT NULL,
-        width INTEGER NOT NULL, mask_area INTEGER NOT NULL, proposal_dice FLOAT NOT NULL, PRIMARY KEY (id),
-        UNIQUE (feedback_id), FOREIGN KEY(feedback_id) REFERENCES feedback (id),
-        FOREIGN KEY(proposal_candidate_id) REFERENCES candidates (id))""",
-    "CREATE INDEX ix_corrections_proposal_candidate_id ON corrections (proposal_candidate_id)",
-    """CREATE TABLE rankings (id INTEGER NOT NULL, feedback_id INTEGER NOT NULL, candidate_id INTEGER NOT NULL,
-        rank INTEGER NOT NULL, PRIMARY KEY (id), UNIQUE (feedback_id, candidate_id),
-        FOREIGN KEY(feedback_id) REFERENCES feedback (id), FOREIGN KEY(candidate_id) REFERENCES candidates (id))""",
-    "CREATE INDEX ix_rankings_candidate_id ON rankings (candidate_id)",
-    "CREATE INDEX ix_rankings_feedback_id ON rankings (feedback_id)",
-    """CREATE TABLE ratings (id INTEGER NOT NULL, feedback_id INTEGER NOT NULL, candidate_id INTEGER NOT NULL,
-        scale VARCHAR(60) NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (id),
-        UNIQUE (feedback_id, candidate_id, scale), FOREIGN KEY(feedback_id) REFERENCES feedback (id),
-        FOREIGN KEY(candidate_id) REFERENCES candidates (id))""",
-    "CREATE INDEX ix_ratings_feedback_id ON ratings (feedback_id)",
-    "CREATE INDEX ix_ratings_candidate_id ON ratings (candidate_id)",
-    """CREATE TABLE reviews (id INTEGER NOT NULL, feedback_id INTEGER NOT NULL, reviewer_id INTEGER NOT NULL,
-        decision VARCHAR(20) NOT NULL, reason VARCHAR NOT NULL, review_id VARCHAR(200), created_at DATETIME NOT NULL,
-        PRIMARY KEY (id), FOREIGN KEY(feedback_id) REFERENCES feedback (id),
-        FOREIGN KEY(reviewer_id) REFERENCES annotators (id), UNIQUE (review_id))""",
-    "CREATE INDEX ix_reviews_feedback_id ON reviews (feedback_id)",
-    "INSERT INTO schema_info (id, version, updated_at) VALUES (1, 1, CURRENT_TIMESTAMP)",
-)
+_ID = "id"
+_MIGRATION_LOCK = 7_346_120  # PostgreSQL advisory lock key held while a database is created or upgraded
+
+
+def _pk() -> Column:
+    return Column(_ID, Integer, primary_key=True)
+
+
+def _created() -> Column:
+    return Column("created_at", DateTime, nullable=False)
+
+
+def _v0_to_v1(conn: Connection) -> None:
+    """The first release: annotators, scans, cases, model versions, runs, candidates, append-only feedback
+    (rankings, ratings, corrections) and reviews."""
+    md = MetaData()
+    Table("schema_info", md, _pk(), Column("version", Integer, nullable=False),
+          Column("updated_at", DateTime, nullable=False))
+    Table("annotators", md, _pk(), Column("name", String(200), nullable=False, unique=True),
+          Column("role", String(20), nullable=False), _created())
+    Table("model_versions", md, _pk(), Column("name", String(200), nullable=False, unique=True),
+          Column("checkpoint_path", String), Column("parent_id", Integer, ForeignKey("model_versions.id")),
+          Column("metrics", JSON), Column("notes", String), _created())
+    Table("scans", md, Column("hash", String(64), primary_key=True), Column("codec", String(16), nullable=False),
+          Column("dtype", String(16), nullable=False), Column("shape", JSON),
+          Column("height", Integer, nullable=False), Column("width", Integer, nullable=False),
+          Column("modality", String(40)), Column("source_format", String(40)), Column("meta", JSON),
+          Column("pixels", LargeBinary, nullable=False), Column("display_png", LargeBinary), _created())
+    Table("cases", md, _pk(), Column("scan_hash", String(64), ForeignKey("scans.hash"), nullable=False, index=True),
+          Column("question", String, nullable=False),
+          Column("created_by", Integer, ForeignKey("annotators.id"), nullable=False), _created())
+    Table("runs", md, _pk(), Column("case_id", Integer, ForeignKey("cases.id"), nullable=False, index=True),
+          Column("model_version_id", Integer, ForeignKey("model_versions.id"), nullable=False, index=True),
+          Column("sampling", JSON), _created())
+    Table("candidates", md, _pk(), Column("run_id", Integer, ForeignKey("runs.id"), nullable=False, index=True),
+          Column("group_index", Integer, nullable=False), Column("text", String, nullable=False),
+          Column("reasoning", String, nullable=False), Column("target", String, nullable=False),
+          Column("boxes", JSON), Column("parse_errors", JSON), Column("mask_png", LargeBinary, nullable=False),
+          Column("mask_area", Integer, nullable=False), Column("mask_score", Float, nullable=False),
+          Column("token_ids", LargeBinary, nullable=False), Column("token_logprobs", LargeBinary, nullable=False),
+          Column("sampling", JSON), Column("trained", Boolean, nullable=False),
+          UniqueConstraint("run_id", "group_index"))
+    Table("feedback", md, _pk(),
+          Column("case_id", Integer, ForeignKey("cases.id"), nullable=False, index=True),
+          Column("run_id", Integer, ForeignKey("runs.id"), nullable=False, index=True),
+          Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False, index=True),
+          Column("status", String(20), nullable=False, index=True),
+          Column("submission_id", String(200), unique=True), Column("payload_sha256", String(64), nullable=False),
+          Column("chosen_candidate_id", Integer, ForeignKey("candidates.id")), Column("edited_reasoning", String),
+          Column("edited_candidate_id", Integer, ForeignKey("candidates.id")),
+          Column("clicks", Integer, nullable=False), Column("strokes", Integer, nullable=False),
+          Column("seconds", Float, nullable=False), Column("created_at", DateTime, nullable=False, index=True))
+    Table("corrections", md, _pk(),
+          Column("feedback_id", Integer, ForeignKey("feedback.id"), nullable=False, unique=True),
+          Column("proposal_candidate_id", Integer, ForeignKey("candidates.id"), nullable=False, index=True),
+          Column("mask_png", LargeBinary, nullable=False), Column("height", Integer, nullable=False),
+          Column("width", Integer, nullable=False), Column("mask_area", Integer, nullable=False),
+          Column("proposal_dice", Float, nullable=False))
+    Table("rankings", md, _pk(),
+          Column("feedback_id", Integer, ForeignKey("feedback.id"), nullable=False, index=True),
+          Column("candidate_id", Integer, ForeignKey("candidates.id"), nullable=False, index=True),
+          Column("rank", Integer, nullable=False), UniqueConstraint("feedback_id", "candidate_id"))
+    Table("ratings", md, _pk(),
+          Column("feedback_id", Integer, ForeignKey("feedback.id"), nullable=False, index=True),
+          Column("candidate_id", Integer, ForeignKey("candidates.id"), nullable=False, index=True),
+          Column("scale", String(60), nullable=False), Column("value", Integer, nullable=False),
+          UniqueConstraint("feedback_id", "candidate_id", "scale"))
+    Table("reviews", md, _pk(),
+          Column("feedback_id", Integer, ForeignKey("feedback.id"), nullable=False, index=True),
+          Column("reviewer_id", Integer, ForeignKey("annotators.id"), nullable=False),
+          Column("decision", String(20), nullable=False), Column("reason", String, nullable=False),
+          Column("review_id", String(200), unique=True), _created())
+    md.create_all(conn)
 
 
 def _add_column(conn: Connection, table: str, column: str, ddl_type: str) -> None:
@@ -91,22 +104,80 @@ def _v1_to_v2(conn: Connection) -> None:
     _add_column(conn, "cases", "target", "VARCHAR(200)")
     _add_column(conn, "feedback", "supersedes_id", "INTEGER REFERENCES feedback (id)")
     _add_column(conn, "feedback", "comment", "VARCHAR")
-    supersedes_index = next(i for i in SQLModel.metadata.tables["feedback"].indexes
-                            if [c.name for c in i.columns] == ["supersedes_id"])
-    supersedes_index.create(conn, checkfirst=True)
-    tables = [SQLModel.metadata.tables[name] for name in schema.TABLES_V2_ONLY]
-    SQLModel.metadata.create_all(conn, tables=tables, checkfirst=True)
+    md = MetaData()
+    Table("model_versions", md, _pk())   # stubs: the existing tables the new ones refer to
+    feedback = Table("feedback", md, _pk(), Column("supersedes_id", Integer))
+    rounds = Table("training_rounds", md, _pk(),
+                   Column("base_version_id", Integer, ForeignKey("model_versions.id")),
+                   Column("out_version_id", Integer, ForeignKey("model_versions.id"), nullable=False),
+                   Column("metrics", JSON), Column("report_path", String), _created())
+    links = Table("training_round_feedback", md,
+                  Column("round_id", Integer, ForeignKey("training_rounds.id"), primary_key=True),
+                  Column("feedback_id", Integer, ForeignKey("feedback.id"), primary_key=True))
+    Index("ix_feedback_supersedes_id", feedback.c.supersedes_id).create(conn, checkfirst=True)
+    md.create_all(conn, tables=[rounds, links], checkfirst=True)
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v0_to_v1, 2: _v1_to_v2}
 
 
 def upgrade(conn: Connection, from_version: int, to_version: int = schema.SCHEMA_VERSION) -> list[int]:
-    """Apply every step from `from_version` + 1 to `to_version` on `conn` (inside the caller's transaction)."""
+    """Apply every step from `from_version` + 1 to `to_version` on `conn` (inside the caller's transaction)
+    and record the version reached."""
     applied = []
     for version in range(from_version + 1, to_version + 1):
         if version not in MIGRATIONS:
             raise RuntimeError(f"no migration to schema version {version}")
         MIGRATIONS[version](conn)
         applied.append(version)
+    if applied:
+        info = _schema_info()
+        values = dict(version=to_version, updated_at=schema.utcnow())
+        if from_version == 0:
+            conn.execute(info.insert().values(id=1, **values))
+        else:
+            conn.execute(info.update().where(info.c.id == 1).values(**values))
     return applied
+
+
+def _schema_info() -> Table:
+    return Table("schema_info", MetaData(), Column(_ID, Integer, primary_key=True), Column("version", Integer),
+                 Column("updated_at", DateTime))
+
+
+def read_version(conn: Connection) -> int | None:
+    """The database's schema version; None for an empty database."""
+    if "schema_info" not in inspect(conn).get_table_names():
+        return None
+    info = _schema_info()
+    return conn.execute(select(info.c.version).where(info.c.id == 1)).scalar_one_or_none()
+
+
+def ensure_schema(db: Database, snapshot: Callable[[object], object] | None = None) -> None:
+    """Create a new database, or upgrade an older one in place (after `snapshot(path)` of a SQLite file)."""
+    with db.read() as conn:
+        version = read_version(conn)
+    if version is not None and version > schema.SCHEMA_VERSION:
+        raise FeedbackError(f"the database is at schema version {version} but this code knows only up to "
+                            f"{schema.SCHEMA_VERSION}; update the code")
+    if version == schema.SCHEMA_VERSION:
+        return
+    if db.read_only:
+        raise FeedbackError(f"the database is at schema version {version}, not {schema.SCHEMA_VERSION}; open it "
+                            "writable once to upgrade it")
+    if version is not None and snapshot is not None and db.path is not None:
+        stamp = schema.utcnow().strftime("%Y%m%dT%H%M%S")
+        try:
+            snapshot(db.path.with_name(f"{db.path.name}.v{version}-{stamp}.bak"))
+        except FeedbackError:  # another process opening the same file took this very copy
+            pass
+
+    def create_or_upgrade(conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":  # one migrator at a time (SQLite: BEGIN IMMEDIATE already)
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        current = read_version(conn)   # re-read under the write lock: another process may have done it
+        if current is None and inspect(conn).get_table_names():
+            raise FeedbackError("the database has tables but no schema_info; it is not a feedback store")
+        upgrade(conn, current or 0, schema.SCHEMA_VERSION)
+
+    db.write(create_or_upgrade)

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # store_demo: the tests' scaffolding
 
 import numpy as np  # noqa: E402
 
-from annotation import demo  # noqa: E402
+import store_demo as demo  # noqa: E402
 from annotation.export import FORMATS, export  # noqa: E402
 from annotation.store import FeedbackStore  # noqa: E402
 

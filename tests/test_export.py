@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from annotation import codec, demo
+import store_demo as demo
+from annotation import codec
 from annotation.export import (SYSTEM_PROMPT, ExportFilters, component_boxes, export, kendall_tau_b,
                                krippendorff_alpha_interval, main, summary_tables)
 from annotation.store import FeedbackError, FeedbackStore

@@ -6,8 +6,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from annotation import demo
-from annotation.migrations import V1_DDL
+import store_demo as demo
+from v1_schema import V1_DDL
 from annotation.schema import RATING_SCALES, SCHEMA_VERSION
 from annotation.store import FeedbackError, FeedbackStore, resolve_url
 from coreseg.answer import parse_answer
@@ -55,7 +55,9 @@ def test_connection_pragmas_and_schema(store):
 def test_database_url_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
     assert resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
-    assert resolve_url("postgresql://u@host/db") == "postgresql://u@host/db"  # passed through unchanged
+    assert resolve_url("postgresql+psycopg://u@host/db") == "postgresql+psycopg://u@host/db"  # unchanged
+    for plain in ("postgresql://u@host/db", "postgres://u@host/db"):  # as hosts write them: the installed driver
+        assert resolve_url(plain) == "postgresql+psycopg://u@host/db"
     with FeedbackStore() as s:
         s.add_annotator("x")
     assert (tmp_path / "env.db").exists()

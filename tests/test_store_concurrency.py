@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 
-from annotation import demo
+import store_demo as demo
 from annotation.store import FeedbackStore, StoreBusy
 
 STRESS_SECONDS = float(os.environ.get("CORESEG_STRESS_SECONDS", "30"))

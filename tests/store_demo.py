@@ -1,5 +1,5 @@
-"""Synthetic store content (scans with known masks, candidate groups, feedback) for tests, benches and demos,
-and the writer processes the concurrency test and the bench run. Nothing here touches real patient data.
+"""Test scaffolding for the feedback store: synthetic content (scans with known masks, candidate groups,
+feedback) and the writer processes the concurrency test and `bench/bench_store.py` run. No real patient data.
 """
 from __future__ import annotations
 
