@@ -5,8 +5,11 @@ re-encoding (≈ 1 s per image on a CPU). One `.npz` per image:
   embedding (256×64×64 fp16), target (256×256 mask in the decoder frame), size (H, W),
   thumb / thumb_mask (aspect-preserving copy, longest side 384, for measuring the lesion).
 
-    python -m trainers.features --data ../shared/data --out runs/features [--sets busbra,kvasir,ph2]
-        [--splits val,train] [--limit N]
+    python -m trainers.features --data ../shared/data --out ~/.cache/coreseg/features [--sets busbra,kvasir,ph2]
+        [--splits val,train] [--limit N] [--encoder-backend auto]
+
+Resumable: images already in `--out` are skipped, and each file is written atomically, so a killed run
+loses at most the image it was encoding. Keep `--out` outside the work tree so later sessions reuse it.
 """
 from __future__ import annotations
 
@@ -75,9 +78,11 @@ def main(argv=None) -> None:
     parser.add_argument("--splits", default="val,train")
     parser.add_argument("--limit", type=int, default=None, help="at most N images per set and split")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--encoder-backend", default="auto", help="auto | eager | onnxruntime | openvino")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     segmenter = Segmenter(SegmenterConfig()).eval()
+    print(f"encoder backend: {segmenter.use_encoder_backend(args.encoder_backend, args.threads)}")
     for split in args.splits.split(","):
         items = interleave([load_split(args.data, s, split)[:args.limit] for s in args.sets.split(",")])
         todo = [i for i in items if not feature_path(Path(args.out), i).exists()]

@@ -74,6 +74,20 @@ class Segmenter(nn.Module):
     def image_size(self) -> int:
         return self.cfg.image_size
 
+    def use_encoder_backend(self, backend: str = "auto", threads: int | None = None) -> str:
+        """Run the frozen encoder with a faster, equality-checked runtime (see `encoder_backend`);
+        returns the backend in use ("eager" when none passes or the model is on CUDA)."""
+        from coreseg.modeling.encoder_backend import EncoderRunner
+
+        runner = EncoderRunner(self.image_encoder, self.image_size, backend, threads)
+        self.__dict__["_encoder_runner"] = runner  # not a submodule: it holds no parameters of its own
+        return runner.backend
+
+    @property
+    def encoder_backend(self) -> str:
+        runner = self.__dict__.get("_encoder_runner")
+        return runner.backend if runner else "eager"
+
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """uint8 H×W×3 → 1×3×S×S, squashed and normalised the way the encoder was trained."""
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
@@ -84,7 +98,9 @@ class Segmenter(nn.Module):
     @torch.no_grad()
     def encode(self, image: np.ndarray) -> torch.Tensor:
         """The image embedding (1 × 256 × 64 × 64); the frozen, expensive part."""
-        return self.image_encoder(self.preprocess(image))
+        runner = self.__dict__.get("_encoder_runner")
+        x = self.preprocess(image)
+        return runner(x).to(x.device) if runner else self.image_encoder(x)
 
     def decode(self, embeddings: torch.Tensor, probe: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
