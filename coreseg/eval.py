@@ -47,7 +47,7 @@ def question_for(item: LabelledImage, fixed: str | None) -> str:
     """A fixed question when given, else one drawn from the set's bank with a per-image seed."""
     if fixed:
         return fixed
-    from trainers.questions import sample_question
+    from coreseg.questions import sample_question
 
     return sample_question(item.set_name, item.labels, random.Random(item.image_id))
 

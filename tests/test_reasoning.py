@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from coreseg.answer import parse_answer
-from trainers.questions import sample_question, suggested_questions
-from trainers.reasoning import (VOCAB, build_reasoning, build_sample, check_statements, describe_lesion,
-                                number_words, read_statements)
+from coreseg.questions import sample_question, suggested_questions
+from coreseg.findings import VOCAB, check_statements, number_words, read_statements, unsupported_claims
+from coreseg.lesion_facts import describe_lesion
+from trainers.reasoning import build_reasoning, build_sample
 
 H = W = 240
 LABELS = {
@@ -119,7 +120,8 @@ def test_builder_text_no_digits_parses_varies_and_checks(set_name):
         assert parsed.answer.reasoning == text and list(map(list, parsed.answer.boxes)) == sample["boxes"]
         checks = check_statements(text, sample["facts"], set_name, labels)
         assert all(checks.values()), (checks, text)
-        assert set(checks) == ({"location", "size", "shape"} | ({"conclusion"} if set_name else set()))
+        assert set(checks) == ({"location", "size", "shape"} | ({"impression"} if set_name else set()))
+        assert unsupported_claims(sample["answer_text"]) == [], sample["answer_text"]
         assert sample["question"].endswith((".", "?"))
         texts.add(text)
     assert len(texts) >= 3
@@ -133,31 +135,30 @@ def test_checker_catches_wrong_statements():
     checks = check_statements(text, truth, "busbra", LABELS["busbra"])
     assert checks["location"] is False and checks["shape"] is True
     benign = dict(LABELS["busbra"], pathology="benign", birads=3)
-    assert check_statements(text, other, "busbra", benign)["conclusion"] is False
+    assert check_statements(text, other, "busbra", benign)["impression"] is False
     assert check_statements("", truth) == {"location": False, "size": False, "shape": False}
 
 
 def test_reader_on_free_text():
-    said = read_statements("A small, round lesion sits in the upper part of the image. It is not a melanoma; "
-                           "it is a common nevus. BI-RADS category three, benign.")
+    said = read_statements("A small, round lesion sits in the upper part of the image. It consists of two separate "
+                           "parts. BI-RADS category three: the features favour a benign process.")
     assert said["location"] == ("upper", None) and said["size"] == "small" and said["shape"] == "round"
-    assert said["diagnosis"] == "common nevus" and said["birads"] == 3 and said["pathology"] == "benign"
+    assert said["impression"] == "benign" and said["birads"] == 3 and said["parts"] == 2
     assert read_statements("The small bowel is normal; a very large polyp lies in the centre of the frame.")[
         "size"] == "very large"
     assert read_statements("in the centre of the frame")["location"] == ("middle", "central")
     assert number_words(42) == "forty-two" and number_words(100) == "one hundred"
-    assert all(VOCAB[k] for k in ("location", "size", "shape", "margin", "diagnosis"))
+    assert all(VOCAB[k] for k in ("location", "size", "shape", "margin", "impression"))
 
 
-def test_questions():
+def test_questions_never_name_a_label():
     rng = random.Random(0)
-    low = {"birads": 3, "pathology": "benign"}
-    asked = {sample_question("busbra", low, rng) for _ in range(200)}
-    assert "Segment the breast mass that most warrants a biopsy." not in asked and len(asked) >= 6
-    high = {sample_question("busbra", {"birads": 5, "pathology": "malignant"}, rng) for _ in range(300)}
-    assert "Segment the breast mass that most warrants a biopsy." in high
-    assert any("melanoma" in q for q in (sample_question("ph2", {"diagnosis": 2}, rng) for _ in range(100)))
-    assert any("removed" in q for q in (sample_question("kvasir", {}, rng) for _ in range(100)))
+    for set_name, labels in (("busbra", {"birads": 5, "pathology": "malignant", "histology": "invasive ductal carcinoma"}),
+                             ("ph2", {"diagnosis": 2}), ("kvasir", {})):
+        asked = {sample_question(set_name, labels, rng) for _ in range(300)}
+        assert len(asked) >= 6
+        words = ("malignant", "benign", "melanoma", "nevus", "carcinoma", "biopsy", "bi-rads", "removed", "excised")
+        assert not [q for q in asked if any(w in q.lower() for w in words)], asked
     assert sample_question("my set", {}, np.random.default_rng(0))
     for modality in ("US", "ultrasound", "endoscopy", "dermoscopy", "CT", "MR", "MRI", "weird"):
         questions = suggested_questions(modality)

@@ -17,26 +17,15 @@ import argparse
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from coreseg.config import SegmenterConfig
+from coreseg.lesion_facts import thumbnail
 from coreseg.datasets import LabelledImage, load_split, read_image, read_mask
 from coreseg.modeling.segmenter import Segmenter, mask_to_low_res
 
-THUMB = 384
-
-
-def thumbnail(image: np.ndarray, mask: np.ndarray, side: int = THUMB) -> tuple[np.ndarray, np.ndarray]:
-    scale = side / max(image.shape[:2])
-    if scale >= 1:
-        return image, mask
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    small_mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    return small, small_mask
 
 
 def feature_path(root: Path, item: LabelledImage) -> Path:

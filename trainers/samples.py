@@ -12,11 +12,14 @@ import numpy as np
 import torch
 
 from coreseg.answer import render_answer
-from coreseg.datasets import LabelledImage, load_split, read_image
+from coreseg.datasets import LabelledImage, load_split, read_image, read_mask
+from coreseg.geometry import mask_to_low_res
 from coreseg.geometry import Frames
+from coreseg.lesion_facts import thumbnail
 from trainers.features import feature_path, interleave, load_features
-from trainers.questions import sample_question
-from trainers.reasoning import MODALITY_OF, LesionFacts, build_reasoning, describe_lesion, target_name
+from coreseg.questions import sample_question
+from coreseg.lesion_facts import LesionFacts, describe_lesion
+from trainers.reasoning import MODALITY_OF, build_reasoning, target_name
 
 
 @dataclass
@@ -24,7 +27,7 @@ class Case:
     """One labelled image, ready for the model."""
 
     item: LabelledImage
-    embedding: torch.Tensor          # 1 × 256 × 64 × 64
+    embedding: torch.Tensor | None   # 1 × 256 × 64 × 64 (None until `attach_embeddings`)
     target: torch.Tensor             # 1 × 1 × 256 × 256 (decoder frame)
     size: tuple[int, int]            # original (H, W)
     facts: LesionFacts               # measured on the aspect-preserving thumbnail
@@ -51,18 +54,36 @@ class Case:
 
 def load_cases(data_dir, cache_dir, sets: list[str], split: str, limit: int | None = None,
                with_images: bool = False, require_cached: bool = True) -> list[Case]:
-    """Cases of `sets`/`split` whose features are cached (first `limit` per set, in name order)."""
+    """Cases of `sets`/`split` (first `limit` per set, in name order).
+
+    With a `cache_dir` (trainers.features): those whose features are cached (all of them, or a
+    FileNotFoundError, when not `require_cached`). Without one: every image, measured here and read
+    with its pixels; its embedding is left to `attach_embeddings` (the model's own encoder)."""
     cases = []
     for item in interleave([load_split(data_dir, s, split)[:limit] for s in sets]):
-        path = feature_path(Path(cache_dir), item)
-        if not path.exists():
-            if require_cached:
-                continue
-            raise FileNotFoundError(f"no features for {item.image_id}: run python -m trainers.features first")
-        f = load_features(path)
+        if cache_dir is None:
+            image, mask = read_image(item), read_mask(item)
+            thumb, thumb_mask = thumbnail(image, mask)
+            f = {"embedding": None, "target": mask_to_low_res(mask)[0, 0].numpy(), "size": image.shape[:2],
+                 "thumb": thumb, "thumb_mask": thumb_mask}
+        else:
+            path = feature_path(Path(cache_dir), item)
+            if not path.exists():
+                if require_cached:
+                    continue
+                raise FileNotFoundError(f"no features for {item.image_id}: run python -m trainers.features first")
+            f = load_features(path)
+            image = read_image(item) if with_images else None
         facts = describe_lesion(f["thumb"], f["thumb_mask"], MODALITY_OF.get(item.set_name))
-        cases.append(Case(item, torch.from_numpy(f["embedding"].astype(np.float32))[None],
-                          torch.from_numpy(f["target"].astype(np.float32))[None, None],
-                          tuple(int(v) for v in f["size"]), facts, f["thumb_mask"].shape[:2],
-                          read_image(item) if with_images else None))
+        embedding = None if f["embedding"] is None else torch.from_numpy(f["embedding"].astype(np.float32))[None]
+        cases.append(Case(item, embedding, torch.from_numpy(np.asarray(f["target"]).astype(np.float32))[None, None],
+                          tuple(int(v) for v in f["size"]), facts, f["thumb_mask"].shape[:2], image))
     return cases
+
+
+@torch.no_grad()
+def attach_embeddings(cases: list, model) -> None:
+    """Encode, with the model's own frozen image encoder, every case that has no embedding yet."""
+    for case in cases:
+        if getattr(case, "embedding", None) is None:
+            case.embedding = model.segmenter.encode(case.image).cpu()

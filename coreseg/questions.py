@@ -1,9 +1,11 @@
-"""Question banks: the short clinical requests a sample is paired with, and the UI's suggestions.
+"""Questions: the short clinical requests a sample is paired with, for training, evaluation and the UI.
 
-Plain questions name the target; implicit ones ask for it through what its labels say ("the breast mass
-that most warrants a biopsy"), so the model must reason about the finding, as the paper's hard cases do.
-Implicit questions are only drawn when the labels support them (a BI-RADS category three mass is
-never asked for as "the mass that most warrants a biopsy").
+Questions name what to find, never what only a label table knows: "Outline the polyp." names a kind of
+finding; "Segment the melanoma." would name a diagnosis that the image cannot show and would leak the
+label into the prompt, so no question here does. Composite scans (`trainers.composites`) add questions
+that pick one finding among several: by kind ("the polyp"), by place ("the lesion in the upper-left
+part"), by attribute ("the larger of the two masses"), or all of them; and questions about a kind of
+finding the scan does not show (answered "No … is visible.").
 """
 from __future__ import annotations
 
@@ -52,61 +54,23 @@ GENERIC = [
     "Segment the most suspicious finding.",
 ]
 
-
-def _implicit(set_name: str, labels: dict) -> list[str]:
-    """Questions that only make sense given these labels (empty when the labels say nothing)."""
-    labels = labels or {}
-    if set_name == "busbra":
-        birads, pathology = labels.get("birads"), labels.get("pathology")
-        questions = [
-            "Find the finding a radiologist would describe in the report and outline it.",
-            "Which region of this breast scan is abnormal? Segment it.",
-        ]
-        if birads is not None and birads >= 4:
-            questions += [
-                "Segment the breast mass that most warrants a biopsy.",
-                "Outline the suspicious lesion that needs tissue sampling.",
-                "Find the mass with suspicious features and mark its extent.",
-            ]
-        elif birads is not None:
-            questions += [
-                "Outline the mass that looks probably benign.",
-                "Segment the lesion that can be followed up rather than biopsied.",
-            ]
-        if pathology == "malignant":
-            questions += ["Locate the breast cancer and outline it.", "Segment the malignant tumour in this scan."]
-        elif pathology == "benign":
-            questions += ["Segment the benign breast lesion."]
-        if labels.get("histology") == "cyst":
-            questions += ["Outline the cyst."]
-        if labels.get("histology") == "fibroadenoma":
-            questions += ["Segment the fibroadenoma."]
-        return questions
-    if set_name == "kvasir":
-        return [
-            "Find the polyp that should be removed and mark its extent.",
-            "Outline the lesion an endoscopist would resect.",
-            "Which part of the colon wall is abnormal? Segment it.",
-            "Segment the growth that protrudes from the mucosa.",
-        ]
-    if set_name == "ph2":
-        diagnosis = labels.get("diagnosis")
-        questions = [
-            "Is the pigmented lesion suspicious for melanoma? Outline it.",
-            "Outline the lesion and judge whether it needs a biopsy.",
-            "Segment the lesion and assess its dermoscopic features.",
-        ]
-        if diagnosis == 2:
-            questions += ["Segment the melanoma.", "Outline the lesion that should be excised."]
-        elif diagnosis == 1:
-            questions += ["Outline the atypical mole.", "Segment the lesion that needs follow-up."]
-        elif diagnosis == 0:
-            questions += ["Outline the common mole."]
-        return questions
-    return []
+# The kind of finding each set shows: (singular, plural), as questions and answers name it.
+KINDS: dict[str, tuple[str, str]] = {
+    "busbra": ("breast mass", "breast masses"),
+    "kvasir": ("polyp", "polyps"),
+    "ph2": ("pigmented skin lesion", "pigmented skin lesions"),
+}
+BY_KIND = ["Outline the {kind}.", "Segment the {kind} in this image.",
+           "Where is the {kind}? Find it and identify its boundaries.", "Locate and segment the {kind}."]
+BY_PLACE = ["Segment the lesion in the {place} part of the image.", "Outline the finding in the {place} panel.",
+            "Where is the lesion in the {place} part? Outline it."]
+BY_SIZE = ["Outline the {which} of the two {kinds}.", "Segment the {which} {kind}."]
+ALL = ["Segment every lesion in this image.", "Outline all the findings in this image.",
+       "Find all the lesions and mark their extent."]
 
 
-def _as_random(rng) -> random.Random:
+def as_random(rng) -> random.Random:
+    """One way to turn a seed, a numpy Generator or a Random into a Random."""
     if isinstance(rng, random.Random):
         return rng
     if isinstance(rng, np.random.Generator):
@@ -114,20 +78,37 @@ def _as_random(rng) -> random.Random:
     return random.Random(rng)
 
 
-def question_bank(set_name: str, labels: dict | None = None) -> tuple[list[str], list[str]]:
-    """(plain, implicit) questions for a set and its labels; unknown sets get the generic bank."""
-    key = str(set_name).lower()
-    key = {"kvasir-seg": "kvasir", "bus-bra": "busbra"}.get(key, key)
-    return PLAIN.get(key, GENERIC), _implicit(key, labels or {})
+def set_key(set_name) -> str:
+    key = str(set_name or "").lower()
+    return {"kvasir-seg": "kvasir", "bus-bra": "busbra"}.get(key, key)
 
 
-def sample_question(set_name: str, labels: dict | None, rng=None, implicit_share: float = 0.4) -> str:
-    """One question: implicit (label-aware) with probability `implicit_share` when the labels allow it."""
-    rng = _as_random(rng)
-    plain, implicit = question_bank(set_name, labels)
-    if implicit and rng.random() < implicit_share:
-        return rng.choice(implicit)
-    return rng.choice(plain)
+def question_bank(set_name: str) -> list[str]:
+    """The plain questions for a set; unknown sets get the generic bank."""
+    return PLAIN.get(set_key(set_name), GENERIC)
+
+
+def sample_question(set_name: str, labels: dict | None = None, rng=None) -> str:
+    """One plain question for a single scan of this set (`labels` are not used: questions never name them)."""
+    return as_random(rng).choice(question_bank(set_name))
+
+
+def kind_question(set_name: str, rng=None) -> str:
+    """A question naming the kind of finding a set shows (also how an absent kind is asked for)."""
+    return as_random(rng).choice(BY_KIND).format(kind=KINDS[set_key(set_name)][0])
+
+
+def place_question(place: str, rng=None) -> str:
+    return as_random(rng).choice(BY_PLACE).format(place=place)
+
+
+def size_question(set_name: str, larger: bool, rng=None) -> str:
+    kind, kinds = KINDS[set_key(set_name)]
+    return as_random(rng).choice(BY_SIZE).format(which="larger" if larger else "smaller", kind=kind, kinds=kinds)
+
+
+def all_question(rng=None) -> str:
+    return as_random(rng).choice(ALL)
 
 
 SUGGESTIONS: dict[str, list[str]] = {
@@ -135,17 +116,17 @@ SUGGESTIONS: dict[str, list[str]] = {
         "Segment the mass in this ultrasound.",
         "Where is the lesion? Find it and identify its boundaries.",
         "Outline the hypoechoic lesion.",
-        "Segment the breast mass that most warrants a biopsy.",
+        "Outline the suspicious breast mass.",
     ],
     "endoscopy": [
         "Outline the polyp.",
-        "Find the polyp that should be removed and mark its extent.",
+        "Find the polyp and mark its extent.",
         "Where is the lesion? Find it and identify its boundaries.",
         "Segment the raised lesion on the mucosa.",
     ],
     "dermoscopy": [
         "Using this image, outline the pigmented lesion.",
-        "Is the pigmented lesion suspicious for melanoma? Outline it.",
+        "Outline the pigmented lesion and its border.",
         "Where is the lesion? Find it and identify its boundaries.",
         "Segment the skin lesion.",
     ],

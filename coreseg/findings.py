@@ -1,0 +1,321 @@
+"""Claims in an answer, read back and checked against a mask: the findings a clinician sees.
+
+`read_statements` reads what a reasoning text says (location, size, shape, margin, impression) in the
+vocabulary's keys; `check_answer` checks every claim of one answer (that the finding is present, each
+box, the location, size, shape and number of parts) against that answer's OWN mask and returns
+`Finding`s (claim, stated, measured, agrees), so that the UI shows where text and mask disagree;
+`check_statements` checks a text against the truth (evaluation); `unsupported_claims` lists what an
+image cannot show (histology, biopsy or pathology results, a confirmed diagnosis).
+
+Writer (`trainers.reasoning`) and reader share one vocabulary table (`VOCAB`), so what one writes the
+other reads. Reasoning texts never hold a digit: numbers are spelled out ("BI-RADS category four").
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from coreseg.answer import parse_answer
+from coreseg.lesion_facts import describe_lesion, thumbnail
+from coreseg.mask_boxes import lesion_parts
+from coreseg.metrics import box_iou
+
+ROWS, COLUMNS = ("upper", "middle", "lower"), ("left", "central", "right")
+
+# --------------------------------------------------------------------------------------------- vocabulary
+# One table for writer and reader: key → phrases (the first is canonical). Builders pick among the
+# phrases; the checker looks for any of them.
+VOCAB: dict[str, dict[str, list[str]]] = {
+    "location": {
+        "upper left": ["upper left", "upper-left", "top left"],
+        "upper central": ["upper central", "upper middle", "top central"],
+        "upper right": ["upper right", "upper-right", "top right"],
+        "middle left": ["middle left", "mid-left", "left-central"],
+        "central": ["central", "middle", "centre", "center"],
+        "middle right": ["middle right", "mid-right", "right-central"],
+        "lower left": ["lower left", "lower-left", "bottom left"],
+        "lower central": ["lower central", "lower middle", "bottom central"],
+        "lower right": ["lower right", "lower-right", "bottom right"],
+    },
+    "size": {
+        "small": ["small", "tiny", "minute"],
+        "moderate": ["moderate-sized", "medium-sized", "moderately sized", "mid-sized", "moderate"],
+        "large": ["large", "sizeable", "big"],
+        "very large": ["very large", "extensive", "huge", "very big"],
+    },
+    "shape": {
+        "round": ["round", "circular", "rounded"],
+        "oval": ["oval", "ovoid", "elliptical"],
+        "lobulated": ["lobulated", "multilobulated", "lobed"],
+        "irregular": ["irregular", "irregularly shaped", "misshapen"],
+    },
+    "margin": {
+        "sharp": ["sharp", "well-defined", "circumscribed", "crisp"],
+        "indistinct": ["indistinct", "ill-defined", "blurred", "poorly defined"],
+    },
+    "echo": {
+        "hypoechoic": ["hypoechoic", "darker than the surrounding tissue"],
+        "isoechoic": ["isoechoic", "of similar echogenicity to the surrounding tissue"],
+        "hyperechoic": ["hyperechoic", "brighter than the surrounding tissue"],
+    },
+    "intensity": {
+        "darker": ["darker than", "darker in tone than"],
+        "similar": ["similar in brightness to", "close in brightness to"],
+        "lighter": ["lighter than", "brighter than"],
+    },
+    "orientation": {
+        "parallel": ["parallel to the skin", "wider than tall"],
+        "taller-than-wide": ["taller than wide", "not parallel to the skin"],
+    },
+    "removal": {"yes": ["removal", "removed", "resection", "resected", "polypectomy", "excision"]},
+    # hedged imaging impressions: what the writer closes with (BI-RADS assessments; PH2 patterns)
+    "impression": {
+        "benign": ["the features favour a benign process", "the features are probably benign"],
+        "suspicious": ["the features are suspicious for malignancy", "the features raise concern for malignancy"],
+        "highly suspicious": ["the features are highly suggestive of malignancy",
+                              "the features are highly suspicious for malignancy"],
+        "common nevus": ["favour a common nevus", "suggest an ordinary common nevus"],
+        "atypical nevus": ["suggest an atypical melanocytic lesion", "favour an atypical nevus"],
+        "melanoma": ["raise concern for melanoma", "are suspicious for melanoma"],
+    },
+}
+PH2_DIAGNOSIS_KEYS = {0: "common nevus", 1: "atypical nevus", 2: "melanoma"}
+_LOCATION_NOUNS = r"(?:part|portion|area|region|zone|sector|aspect|quadrant|third|side)"
+_FIELD_NOUNS = r"(?:image|field|view|frame|picture|scan|field of view|photograph)"
+
+_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+
+
+def number_words(n: int) -> str:
+    """0 … 999 in English words ("forty-two"); larger numbers digit by digit in words."""
+    n = int(n)
+    if n < 0:
+        return "minus " + number_words(-n)
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
+    if n < 1000:
+        rest = n % 100
+        return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
+    return " ".join(_ONES[int(d)] for d in str(n))
+
+
+def spell_digits(text: str) -> str:
+    """Every run of digits written as words (labels are free text; reasoning must hold no digit)."""
+    return re.sub(r"\d+", lambda m: number_words(int(m.group())), str(text))
+
+
+def _words_to_int(word: str) -> int | None:
+    word = word.lower()
+    if word.isdigit():
+        return int(word)
+    return _ONES.index(word) if word in _ONES else None
+
+
+# --------------------------------------------------------------------------------------------- reading
+_NEGATION = re.compile(r"\b(?:no|not|without|non|rather than|rules? out|excludes?)\W+(?:\w+\W+){0,2}$", re.I)
+_ROW_ONLY = {"upper": "upper", "top": "upper", "lower": "lower", "bottom": "lower"}
+_COLUMN_ONLY = {"left": "left", "left-hand": "left", "right": "right", "right-hand": "right"}
+
+
+def _alternation(phrases) -> str:
+    return "|".join(re.escape(p) for p in sorted(set(phrases), key=len, reverse=True))
+
+
+def _first(text: str, table: dict[str, list[str]], suffix: str = "", skip_negated: bool = False) -> str | None:
+    """The key of the first phrase of `table` found in `text` (word-bounded, longest phrase first)."""
+    owner = {p.lower(): k for k, phrases in table.items() for p in phrases}
+    pattern = re.compile(rf"\b({_alternation(owner)})\b{suffix}", re.I)
+    for match in pattern.finditer(text):
+        if skip_negated and _NEGATION.search(text[:match.start()]):
+            continue
+        return owner[match.group(1).lower()]
+    return None
+
+
+def _location_of(key: str) -> tuple[str, str]:
+    if key == "central":
+        return "middle", "central"
+    row, col = key.split(" ")
+    return row, col
+
+
+def read_location(text: str) -> tuple[str | None, str | None] | None:
+    """(row, column) the text states, either may be None for a half statement ("upper part"); None if none."""
+    cells = {}
+    for key, phrases in VOCAB["location"].items():
+        for p in phrases:
+            cells[p.lower()] = _location_of(key)
+    for p, row in _ROW_ONLY.items():
+        cells.setdefault(p, (row, None))
+    for p, col in _COLUMN_ONLY.items():
+        cells.setdefault(p, (None, col))
+    words = _alternation(cells)
+    pattern = re.compile(
+        rf"\b({words})\s+(?:{_LOCATION_NOUNS}|half|corner)\b"
+        rf"|\b({words})\s+(?:of|in)\s+(?:the\s+)?{_FIELD_NOUNS}\b"
+        rf"|\bin\s+the\s+(centre|center|middle)\b(?!\s*(?:left|right|-))", re.I)
+    match = pattern.search(text)
+    if match is None:
+        return None
+    phrase = next(g for g in match.groups() if g)
+    return cells[phrase.lower()]
+
+
+def read_statements(text: str) -> dict:
+    """What a reasoning text states, in the vocabulary's keys (None where it states nothing)."""
+    size = _first(text, VOCAB["size"], suffix=r"(?!\s+(?:bowel|intestine))")
+    birads = re.search(r"\bBI-?RADS\W+(?:category\W+)?(\w+)", text, re.I)
+    parts = re.search(r"\b(\w+) separate parts\b", text, re.I)
+    return {
+        "location": read_location(text),
+        "size": size,
+        "shape": _first(text, VOCAB["shape"]),
+        "margin": _first(text, VOCAB["margin"]),
+        "parts": (_words_to_int(parts.group(1)) if parts else
+                  1 if re.search(r"\b(?:single connected region|one continuous region)\b", text, re.I) else None),
+        "birads": _words_to_int(birads.group(1)) if birads else None,
+        "impression": _first(text, VOCAB["impression"]),
+        "polyp": re.search(r"\bpolyps?\b", text, re.I) is not None,
+    }
+
+
+def _set_key(set_name) -> str:
+    key = str(set_name or "").lower()
+    return {"kvasir-seg": "kvasir", "bus-bra": "busbra"}.get(key, key)
+
+
+def _fact(facts, name):
+    return facts.get(name) if isinstance(facts, dict) else getattr(facts, name)
+
+
+def _location_agrees(said, truth_key: str) -> bool:
+    truth_row, truth_col = _location_of(truth_key)
+    return said is not None and said[0] in (None, truth_row) and said[1] in (None, truth_col)
+
+
+def birads_impression(birads: int) -> str:
+    """The impression key a BI-RADS category reads as (2–3 benign, 4 suspicious, 5 highly suspicious)."""
+    return "benign" if birads <= 3 else "suspicious" if birads == 4 else "highly suspicious"
+
+
+def check_statements(text: str, facts, set_name: str | None = None, labels: dict | None = None) -> dict[str, bool]:
+    """Whether the text's location, size word, shape word (and, for a known set with labels, its
+    impression) agree with the truth. A statement the text does not make counts as False.
+
+    `facts` is a LesionFacts or its dict. Impression rules: BUS-BRA, the hedged impression must be the
+    one the true BI-RADS category reads as, and a stated category must match; PH2, the impression must
+    name the true diagnosis' pattern; Kvasir-SEG, the text must name a polyp.
+    """
+    said = read_statements(text or "")
+    result = {"location": _location_agrees(said["location"], _fact(facts, "location")),
+              "size": said["size"] == _fact(facts, "size"),
+              "shape": said["shape"] == _fact(facts, "shape")}
+    key, labels = _set_key(set_name), labels or {}
+    if key == "busbra" and labels.get("birads") is not None:
+        ok = said["impression"] == birads_impression(int(labels["birads"]))
+        if said["birads"] is not None:
+            ok = ok and said["birads"] == int(labels["birads"])
+        result["impression"] = ok
+    elif key == "ph2" and labels.get("diagnosis") in PH2_DIAGNOSIS_KEYS:
+        result["impression"] = said["impression"] == PH2_DIAGNOSIS_KEYS[labels["diagnosis"]]
+    elif key == "kvasir":
+        result["impression"] = said["polyp"]
+    return result
+
+
+# --------------------------------------------------------------------------------------------- own mask
+@dataclass(frozen=True)
+class Finding:
+    """One claim of an answer checked against its own mask."""
+
+    claim: str        # "present", "box 1", "location", "size", "shape", "parts"
+    stated: str
+    measured: str
+    agrees: bool
+
+    def to_json(self) -> dict:
+        return {"claim": self.claim, "stated": self.stated, "measured": self.measured, "agrees": self.agrees}
+
+
+BOX_AGREES_IOU = 0.5
+
+
+def _location_words(said) -> str:
+    row, col = said
+    return " ".join(w for w in (row, col) if w) or "?"
+
+
+def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
+                 modality: str | None = None) -> list[Finding]:
+    """Every checkable claim of an answer against the answer's own `mask` (original pixels).
+
+    Claims: whether the finding is present (an absent answer claims an empty mask), each stated box
+    (agrees when its IoU with the best-matching part box of the mask is ≥ 0.5), and what the reasoning
+    says of location, size, shape and number of parts. Statements the text does not make are not
+    claims. An unparsable answer has no claims. Shape needs no image; `image` is accepted for margin
+    and echo checks to come and must match the mask's size when given.
+    """
+    mask = np.asarray(mask).astype(bool)
+    if image is not None and np.asarray(image).shape[:2] != mask.shape:
+        raise ValueError(f"image {np.asarray(image).shape[:2]} and mask {mask.shape} differ in size")
+    answer = parse_answer(text, mask.shape).answer
+    if answer is None:
+        return []
+    has_mask = bool(mask.any())
+    out = [Finding("present", "yes" if answer.present else "no", "yes" if has_mask else "no",
+                   answer.present == has_mask)]
+    if not answer.present or not has_mask:
+        return out
+    parts, part_boxes = lesion_parts(mask)
+    for i, box in enumerate(answer.boxes, 1):
+        best = max((box_iou(box, b) for b in part_boxes), default=0.0)
+        out.append(Finding(f"box {i}", str(list(box)), f"IoU {best:.2f} with the mask's nearest part", best >= BOX_AGREES_IOU))
+    small_image, small_mask = thumbnail(np.zeros(mask.shape, np.uint8) if image is None else image, mask)
+    facts = describe_lesion(small_image, small_mask, modality)  # measured as training measures: on a thumbnail
+    said = read_statements(answer.reasoning)
+    if said["location"] is not None:
+        out.append(Finding("location", _location_words(said["location"]), facts.location,
+                           _location_agrees(said["location"], facts.location)))
+    for claim in ("size", "shape"):
+        if said[claim] is not None:
+            out.append(Finding(claim, said[claim], getattr(facts, claim), said[claim] == getattr(facts, claim)))
+    stated_parts = said["parts"] if said["parts"] is not None else (len(answer.boxes) if answer.boxes else None)
+    if stated_parts is not None:
+        out.append(Finding("parts", str(stated_parts), str(len(parts)), stated_parts == len(parts)))
+    return out
+
+
+def claim_agreement(findings: list[Finding]) -> float | None:
+    """The share of claims that agree with the mask (None when there are no claims)."""
+    return sum(f.agrees for f in findings) / len(findings) if findings else None
+
+
+# --------------------------------------------------------------------------------------------- unknowable
+# What an image cannot show: tissue results and certainty about a diagnosis.
+_UNSUPPORTED = [
+    (r"\bbiops(?:y|ies|ied)\s+(?:showed|shows|revealed|confirmed|proved|result)", "a biopsy result"),
+    (r"\bhistolog\w*|\bcytolog\w*|\bhistopatholog\w*", "histology"),
+    (r"\bpatholog(?:y|ical|ic)\b(?!\s+(?:is\s+)?(?:cannot|not))", "a pathology result"),
+    (r"\b(?:confirmed|proven|definite|definitive|diagnostic of|certainly|without doubt)\b", "certainty about a diagnosis"),
+    (r"\b(?:invasive|ductal|lobular)\s+carcinoma|\bfibroadenoma|\bpapilloma|\bphyllodes|\badenosis|"
+     r"\bfibrocystic|\bcarcinoma\b|\badenocarcinoma|\bsarcoma|\blymphoma", "a histological type"),
+    (r"\b(?:the|this|it)\s+(?:lesion\s+|mass\s+|finding\s+)?is\s+(?:a|an)\s+(?:melanoma|common nevus|atypical nevus|"
+     r"benign|malignant)\b", "a diagnosis stated as fact"),
+    (r"\bthe\s+(?:pathology|diagnosis)\s+is\b", "a diagnosis stated as fact"),
+]
+_UNSUPPORTED = [(re.compile(p, re.I), why) for p, why in _UNSUPPORTED]
+
+
+def unsupported_claims(text: str) -> list[str]:
+    """Phrases of `text` that claim what no image can show (histology, biopsy or pathology results, a
+    confirmed diagnosis), each as "phrase (why)"; empty when the text says only what a scan shows."""
+    found = []
+    for pattern, why in _UNSUPPORTED:
+        found += [f"{m.group(0)!r} ({why})" for m in pattern.finditer(text or "")]
+    return found
