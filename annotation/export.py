@@ -36,11 +36,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from annotation import codec
 from annotation.schema import RATING_SCALES, SCHEMA_VERSION, Status, utcnow
 from annotation.store import FeedbackError, FeedbackStore
+from coreseg.mask_boxes import mask_boxes
 from coreseg.answer import parse_answer, render_answer
 from coreseg.scan_io import to_png_bytes, write_nifti_mask
 
@@ -76,20 +76,6 @@ class ExportFilters:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def component_boxes(mask: np.ndarray, min_pixels: int = 1) -> list[tuple[int, int, int, int]]:
-    """One tight box per 8-connected component, `[x1, y1, x2, y2]` with exclusive ends, top-to-bottom."""
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=np.ones((3, 3), dtype=int))
-    boxes = []
-    for index, found in enumerate(ndimage.find_objects(labels), start=1):
-        if found is None:
-            continue
-        rows, cols = found
-        if min_pixels > 1 and int((labels[found] == index).sum()) < min_pixels:
-            continue
-        boxes.append((cols.start, rows.start, cols.stop, rows.stop))
-    return sorted(boxes, key=lambda b: (b[1], b[0], b[3], b[2]))
-
-
 def code_version() -> str:
     """`git describe` of this checkout, else the installed package's version, else 'unknown'."""
     root = Path(__file__).resolve().parent.parent
@@ -207,7 +193,7 @@ def export_sft(store: FeedbackStore, out: Path, filters: ExportFilters) -> dict:
     for case_id in sorted(accepted):
         acc, case = accepted[case_id], cases[case_id]
         mask = codec.decode_mask(acc["mask_png"])
-        boxes = component_boxes(mask)
+        boxes = mask_boxes(mask)
         if not boxes:
             skipped["empty_mask"] += 1
             continue
@@ -335,7 +321,7 @@ def export_preferences(store: FeedbackStore, out: Path, filters: ExportFilters) 
         if fb["edited_reasoning"]:
             original = candidates[fb["edited_candidate_id"]]
             if fb["id"] in corrections:
-                boxes = component_boxes(codec.decode_mask(corrections[fb["id"]]))
+                boxes = mask_boxes(codec.decode_mask(corrections[fb["id"]]))
             else:
                 boxes = [tuple(b) for b in original["boxes"]]
             if not boxes:

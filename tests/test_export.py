@@ -11,7 +11,8 @@ import pytest
 
 import store_demo as demo
 from annotation import codec
-from annotation.export import (SYSTEM_PROMPT, ExportFilters, component_boxes, export, kendall_tau_b,
+from coreseg.mask_boxes import mask_boxes
+from annotation.export import (SYSTEM_PROMPT, ExportFilters, export, kendall_tau_b,
                                krippendorff_alpha_interval, main, summary_tables)
 from annotation.store import FeedbackError, FeedbackStore
 from coreseg.answer import parse_answer, render_answer
@@ -83,11 +84,12 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_component_boxes():
-    assert component_boxes(two_blobs()) == [(6, 5, 20, 15), (39, 30, 55, 40)]
-    assert component_boxes(np.zeros((4, 4), bool)) == []
+def test_mask_boxes_in_exports():
+    assert sorted(mask_boxes(two_blobs())) == [(6, 5, 20, 15), (39, 30, 55, 40)]
+    assert mask_boxes(two_blobs())[0] == (39, 30, 55, 40)  # largest part first
+    assert mask_boxes(np.zeros((4, 4), bool)) == []
     single = demo.rect_mask(10, 10, 2, 3, 5, 9)
-    assert component_boxes(single) == [mask_box(single)]
+    assert mask_boxes(single) == [mask_box(single)]
 
 
 def test_sft(filled, tmp_path):
@@ -115,7 +117,7 @@ def test_sft(filled, tmp_path):
                     if c["id"] == fb["correction"]["proposal_candidate_id"]][0]
         reasoning = fb["edited_reasoning"] or proposal["reasoning"]
         target = case["target"] or proposal["target"]
-        assert assistant["content"] == render_answer(reasoning, target, component_boxes(accepted))
+        assert assistant["content"] == render_answer(reasoning, target, mask_boxes(accepted))
         assert parse_answer(assistant["content"], accepted.shape).ok
     two = [r for r in records if r["case_id"] == filled["two"]][0]
     assert two["reasoning_source"] == "model" and two["boxes"] == [[6, 5, 20, 15], [39, 30, 55, 40]]
@@ -205,7 +207,7 @@ def test_preferences(filled, tmp_path):
         assert r["rejected"][0]["content"] == original["text"]
         chosen = parse_answer(r["chosen"][0]["content"]).answer
         assert chosen.reasoning == fb["edited_reasoning"].strip()
-        assert list(chosen.boxes) == component_boxes(fb["mask"])
+        assert list(chosen.boxes) == mask_boxes(fb["mask"])
     assert manifest["counts"]["skipped_ties"] == 1
     assert all(r["model_version"] == "demo-v0" for r in records)
     store.close()

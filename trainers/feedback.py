@@ -1,19 +1,27 @@
 """Training on collected feedback: what closes the loop from the app back to a new model version.
 
-    python -m trainers.grpo --db PATH --base CKPT --out DIR [--rounds N] [--group-size G] [--beta B]
+    python -m trainers.grpo --db PATH --out DIR [--base CKPT] [--rounds N] [--group-size G] [--beta B]
         [--lr LR] [--human-weight W] [--data DIR] [--force] [--resume]
     python -m trainers.sft --db PATH --init CKPT --out DIR …   (SFT on accepted and edited reasoning)
 
 A round:
   1. a consistent snapshot of the store (`VACUUM INTO`): the app may keep writing meanwhile;
   2. each accepted case: its stored candidates with the log-probs recorded when they were generated
-     (off-policy, importance-weighted), plus fresh samples from the current policy; rewards against
-     the accepted mask and its boxes + a human term (rank and rating, normalised within the group);
+     (off-policy, importance-weighted; re-scored with the temperature and top-p each was sampled
+     with), plus fresh samples from the current policy; rewards against the accepted mask and its
+     boxes + a human term. The human term compares the stored candidates among themselves (rank and
+     rating, centred over the stored ones by trainers.grpo); fresh samples have no human opinion, so
+     they get none (None: their reward is the other terms only, which equals the stored candidates'
+     mean human term): identical completions then get no advantage from being stored or fresh.
+     Groups may differ in size (the app's slider sets the candidates per case); ranks may tie;
   3. GRPO updates (trainers.grpo), DiceCE against the accepted mask;
   4. the new checkpoint is evaluated against its base on held-out accepted cases (every fifth case)
      and on the training cases (and on `--data DIR --split val` when given); it is registered as a
      model version only when the held-out Dice is not worse (`--force` overrides);
   5. a report (Markdown, reward/KL curves) beside the checkpoint; the app lists the new version.
+
+Without `--base` a round starts from the model the store's latest accepted feedback was collected
+on (the version the app was serving; its registered checkpoint), else the shipped model.
 """
 from __future__ import annotations
 
@@ -30,9 +38,9 @@ import torch
 from accelerate import PartialState
 
 from annotation import codec
-from annotation.export import component_boxes
 from annotation.store import FeedbackStore
 from coreseg.answer import render_answer
+from coreseg.mask_boxes import mask_boxes
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.geometry import mask_to_low_res, scale_boxes
 from coreseg.metrics import dice, is_failure
@@ -61,7 +69,7 @@ class FeedbackCase:
 
     @property
     def boxes(self) -> list[tuple[int, int, int, int]]:
-        return component_boxes(self.mask)
+        return mask_boxes(self.mask)
 
     @property
     def target(self) -> torch.Tensor:
@@ -71,6 +79,13 @@ class FeedbackCase:
         """(question, the accepted answer in the model's frame): the SFT target."""
         return self.question, render_answer(self.reasoning or "The lesion differs from the tissue around it.",
                                             self.target_name, scale_boxes(self.boxes, self.size, (frame, frame)))
+
+    def sample(self, rng, frame: int):
+        """The accepted answer as an SFT sample (question, answer in the model's frame, target)."""
+        from trainers.samples import Sample
+
+        question, answer = self.sample_text(rng, frame)
+        return Sample(question, answer, self.target, scale_boxes(self.boxes, self.size, (frame, frame)))
 
 
 def snapshot_store(db: str, folder: Path) -> FeedbackStore:
@@ -113,11 +128,28 @@ def load_feedback_cases(store: FeedbackStore, log=print) -> list[FeedbackCase]:
         reasoning = accepted.get("edited_reasoning") or (chosen_row or {}).get("reasoning", "")
         target = (chosen_row or {}).get("target") or case.get("target") or "lesion"
         stored = [{"text": c["text"], "token_ids": c["token_ids"], "token_logprobs": c["token_logprobs"],
-                   "rank": ranks.get(c["id"]), "rating": _mean_rating(ratings.get(c["id"]))} for c in candidates]
+                   "rank": ranks.get(c["id"]), "rating": _mean_rating(ratings.get(c["id"])),
+                   "temperature": (c.get("sampling") or {}).get("temperature"),
+                   "top_p": (c.get("sampling") or {}).get("top_p", 1.0)} for c in candidates]
         if len(stored) < 2:
             log(f"case {case_id}: {len(stored)} stored candidate(s); fresh samples complete its group")
         cases.append(FeedbackCase(case_id, fb, case["question"], image, mask, target, reasoning, stored))
     return cases
+
+
+def serving_checkpoint(store: FeedbackStore) -> Path:
+    """The checkpoint of the model version that the store's latest accepted feedback was collected on
+    (what the app served; its registered checkpoint, when it is on this machine), else the shipped model."""
+    from coreseg.config import DEFAULT_CHECKPOINT
+
+    accepted = store.accepted_corrections()
+    runs = store.runs_for({a["run_id"] for a in accepted.values()})
+    paths = {v["name"]: v.get("checkpoint_path") for v in store.list_model_versions()}
+    for run_id in sorted(runs, reverse=True):
+        path = paths.get(runs[run_id].get("model_version"))
+        if path and Path(path).exists():
+            return Path(path)
+    return DEFAULT_CHECKPOINT
 
 
 def split_held_out(cases: list[FeedbackCase], every: int = 5) -> tuple[list[FeedbackCase], list[FeedbackCase]]:
@@ -132,9 +164,12 @@ def split_held_out(cases: list[FeedbackCase], every: int = 5) -> tuple[list[Feed
 
 def reusable_completion(predictor: CoreSegPredictor, stored: dict, size) -> bool:
     """Stored token ids can be importance-weighted only if they decode, with this model's
-    tokenizer, to the stored text (same tokenizer lineage) and carry one log-prob per token."""
+    tokenizer, to the stored text (same tokenizer lineage), carry one log-prob per token and the
+    temperature they were sampled at (re-scoring needs the sampling distribution)."""
     ids, logps = stored["token_ids"], stored["token_logprobs"]
     if not ids or len(ids) != len(logps) or max(ids) >= len(predictor.model.reasoner.tokenizer):
+        return False
+    if stored.get("temperature") is None:
         return False
     return predictor.to_image_frame(predictor.decode_text(ids), size) == stored["text"]
 
@@ -150,22 +185,25 @@ def feedback_groups(cases: list[FeedbackCase], cfg: GRPOConfig, batch_cases: int
             case = order[case_index(step, j, batch_cases) % len(order)]
             if case.embedding is None:
                 case.embedding = predictor.embedding(case.image)
-            ids, logps, ranks, ratings = [], [], [], []
+            ids, logps, ranks, ratings, sampling = [], [], [], [], []
             for s in case.stored:
                 if reusable_completion(predictor, s, case.size):
                     ids.append(s["token_ids"]), logps.append(s["token_logprobs"])
                     ranks.append(s["rank"]), ratings.append(s["rating"])
+                    sampling.append((float(s["temperature"]), float(s.get("top_p") or 1.0)))
                     stats["stored_used"] = stats.get("stored_used", 0) + 1
                 else:
                     stats["stored_unusable"] = stats.get("stored_unusable", 0) + 1
             fresh_ids, fresh_logps = sample_group(predictor, case.image, case.embedding, case.question, cfg, generator)
             ids += fresh_ids
             logps += fresh_logps
-            ranks += [None] * len(fresh_ids)
+            ranks += [None] * len(fresh_ids)  # fresh samples: no human term (see the module docstring)
             ratings += [None] * len(fresh_ids)
+            sampling += [(cfg.temperature, cfg.top_p)] * len(fresh_ids)
             groups.append(Group(case.image, case.embedding, case.target,
                                 scale_boxes(case.boxes, case.size, (frame, frame)), case.question, ids, logps,
-                                {"human_rank": ranks, "human_rating": ratings, "group_id": [case.case_id] * len(ids)}))
+                                {"human_rank": ranks, "human_rating": ratings, "group_id": [case.case_id] * len(ids)},
+                                sampling=sampling))
         return groups
 
     return make
@@ -224,7 +262,7 @@ def run_rounds(args) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
                      weights=RewardWeights(human=args.human_weight), bf16_decoder=args.bf16)
-    base_path = Path(args.base)
+    base_path = Path(args.base) if args.base else serving_checkpoint(FeedbackStore(args.db, read_only=True))
     results = []
     for k in range(1, args.rounds + 1):
         folder = out / f"round-{k}"

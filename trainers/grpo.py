@@ -7,11 +7,13 @@ Ground-truth mode (labelled images):
 
 A step, as plain as we could write it:
   1. for each case, sample G completions from the current policy (their log-probs are recorded);
-  2. teacher-force them through the policy (log-probs with grad, `<seg>` probes → masks) and the
-     frozen reference (LoRA disabled, or a frozen copy of the compact reasoner);
+  2. teacher-force them through the frozen reference (the policy as training started: the SFT
+     model) and the policy (log-probs with grad, re-scored with each completion's own sampling
+     temperature and top-p; `<seg>` probes → masks, no `<seg>` → empty mask); the completions of
+     one image share one vision pass;
   3. rewards = format + detect (Hungarian mIoU × F1) + adaptive dual-granularity segment, scored in
-     the model's frame against the truth; group-normalised advantages; groups with equal rewards
-     are dropped and their share logged;
+     the model's frame against the truth; group-normalised advantages (groups may differ in size);
+     groups with equal rewards are dropped and their share logged;
   4. loss = clipped-ratio policy term + β·KL (k3) per token, normalised over all kept tokens (DAPO),
      + DiceCE of every completion's mask against the truth.
 Writes `DIR/log.csv`, `DIR/curves.png` (reward and KL), a checkpoint `DIR/last` (and `DIR/final`).
@@ -19,7 +21,6 @@ Writes `DIR/log.csv`, `DIR/curves.png` (reward and KL), a checkpoint `DIR/last` 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import random
@@ -36,6 +37,7 @@ from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.losses import dice_ce_loss
+from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.predictor import CoreSegPredictor
 from trainers.rewards import RewardWeights, group_advantages, score_completions
 
@@ -68,6 +70,11 @@ class Group:
     completions: list[list[int]]
     old_logps: list[list[float]]
     columns: dict = field(default_factory=dict)   # extra reward columns (human_rank, human_rating)
+    sampling: list[tuple[float, float]] | None = None  # per completion (temperature, top_p); None: the config's
+
+    def sampling_of(self, i: int, cfg: "GRPOConfig") -> tuple[float, float]:
+        """The distribution completion `i` was sampled from, for re-scoring it."""
+        return self.sampling[i] if self.sampling else (cfg.temperature, cfg.top_p)
 
 
 def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, cfg: GRPOConfig,
@@ -77,26 +84,56 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
                                                  cfg.top_p, generator)
 
 
-def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float) -> torch.Tensor:
-    targets = torch.tensor(ids, device=logits.device)
-    return torch.log_softmax(logits.float() / temperature, -1).gather(1, targets[:, None]).squeeze(1)
+def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """Per-token log-probs of `ids` under the sampling distribution (temperature, top-p) of `logits`."""
+    return sampling_logprobs(logits, torch.tensor(ids, device=logits.device), temperature, top_p)
 
 
 class ReferencePolicy:
-    """The frozen reference: the base model with LoRA switched off (full profile, no extra memory)
-    or a frozen copy of the compact reasoner as it was when training started."""
+    """The frozen reference: the policy as it was when training started (the SFT model, LoRA and
+    answer-token rows included), not the bare base. A frozen snapshot of the reasoner's trainable
+    tensors is swapped in for the reference pass; the frozen base weights are shared, so it costs
+    the memory of the trainable tensors only."""
 
     def __init__(self, model: CoreSeg):
-        lm = getattr(model.reasoner, "lm", None)
-        self.peft = hasattr(lm, "disable_adapter") and model.config.reasoner.kind != "compact"
-        self.reasoner = model.reasoner if self.peft else copy.deepcopy(model.reasoner).requires_grad_(False).eval()
+        self.reasoner = model.reasoner
+        self.params = [p for p in model.reasoner.parameters() if p.requires_grad]
+        self.frozen = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
     def logits(self, images, embeddings, questions, completions):
-        if self.peft:
-            with self.reasoner.lm.disable_adapter():
-                return self.reasoner.forward_completions(images, embeddings, questions, completions)[0]
-        return self.reasoner.forward_completions(images, embeddings, questions, completions)[0]
+        current = [p.data for p in self.params]
+        try:
+            for p, frozen in zip(self.params, self.frozen):
+                p.data = frozen
+            return self.reasoner.forward_completions(images, embeddings, questions, completions)[0]
+        finally:
+            for p, data in zip(self.params, current):
+                p.data = data
+
+
+def relative_human_term(rows: list[dict], weight: float) -> list[dict]:
+    """Make a group's human term relative: centred over the completions that have one (stored, rated
+    or ranked candidates), so those without (fresh samples) stand at the rated ones' mean and neither
+    kind gains advantage from its origin alone. `human` in the rows stays the raw value (for logs)."""
+    rated = [r["human"] for r in rows if r.get("human") is not None]
+    if not rated or weight == 0:
+        return rows
+    mean = float(np.mean(rated))
+    return [{**r, "total": r["total"] - weight * mean} if r.get("human") is not None else r for r in rows]
+
+
+def _advantages(all_rewards: list[list[float]], scale: str):
+    """Group-normalised advantages of groups that may differ in size (stored + fresh candidates)."""
+    per = [group_advantages(np.array([r], dtype=np.float64), "none" if scale == "batch" else scale)
+           for r in all_rewards]
+    advantages = [a.advantages[0] for a in per]
+    if scale == "batch":
+        flat = np.concatenate([np.asarray(r, dtype=np.float64) for r in all_rewards])
+        std = flat.std(ddof=1) if flat.size > 1 else 0.0
+        advantages = [a / (std + 1e-4) for a in advantages]
+    keep = [bool(a.keep_mask[0]) for a in per]
+    return advantages, keep, float(1.0 - np.mean(keep)) if keep else 0.0
 
 
 def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Group], cfg: GRPOConfig,
@@ -107,48 +144,53 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     per_group = []
     for g in groups:
         n = len(g.completions)
-        logits, hidden = model.reasoner.forward_completions([g.image] * n, g.embedding.expand(n, -1, -1, -1),
-                                                            [g.question] * n, g.completions)
-        probe = model.probe(hidden, g.completions)
-        with torch.autocast(probe.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_decoder):
-            mask_logits = model.segmenter.decode(g.embedding, probe=probe)[0].float()
+        images, embeddings, questions = [g.image] * n, g.embedding.expand(n, -1, -1, -1), [g.question] * n
+        ref_logits = (reference.logits(images, embeddings, questions, g.completions)
+                      if reference is not None and cfg.beta > 0 else None)  # before the policy's graph exists
+        logits, hidden = model.reasoner.forward_completions(images, embeddings, questions, g.completions)
+        with torch.autocast(g.embedding.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_decoder):
+            masks = model.decode_masks(g.embedding, hidden, g.completions)  # no <seg>: empty mask, no DiceCE
+        mask_logits = masks["logits"].float()
         target = F.interpolate(g.target, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
-        mask_losses.append(dice_ce_loss(mask_logits, target.float().expand(n, -1, -1, -1)))
+        if masks["rows"]:
+            index = torch.tensor(masks["rows"], device=mask_logits.device)
+            mask_losses.append(dice_ce_loss(mask_logits[index], target.float().expand(len(index), -1, -1, -1)))
         pred = (mask_logits.detach() > 0)[:, 0].cpu().numpy()
         truth = target[0, 0].cpu().numpy()
         texts = [predictor.decode_text(c) for c in g.completions]
         rows = score_completions([g.question] * n, texts, cfg.weights, image_size=[(frame, frame)] * n,
                                  gt_boxes=[g.gt_boxes] * n, gt_mask=[truth] * n, pred_mask=list(pred), **g.columns)
+        rows = relative_human_term(rows, cfg.weights.human)
         stats_rows += rows
         all_rewards.append([r["total"] for r in rows])
         dices += [dice(p, truth) for p in pred]
-        ref_logits = reference.logits([g.image] * n, g.embedding.expand(n, -1, -1, -1), [g.question] * n,
-                                      g.completions) if reference is not None and cfg.beta > 0 else None
         per_group.append((logits, ref_logits, g))
-    advantages = group_advantages(np.array(all_rewards), cfg.scale_rewards)
+    advantage_rows, keep_mask, frac_zero_std = _advantages(all_rewards, cfg.scale_rewards)
     tokens = 0
-    for (logits, ref_logits, g), adv_row, keep in zip(per_group, advantages.advantages, advantages.keep_mask):
+    for (logits, ref_logits, g), adv_row, keep in zip(per_group, advantage_rows, keep_mask):
         if not keep:
             continue
         for i, ids in enumerate(g.completions):
-            new = _token_logps(logits[i], ids, cfg.temperature)
+            temperature, top_p = g.sampling_of(i, cfg)
+            new = _token_logps(logits[i], ids, temperature, top_p)
             old = torch.tensor(g.old_logps[i][:len(ids)], device=new.device, dtype=new.dtype)
             ratio = torch.exp(new - old)
             adv = float(adv_row[i])
             pg = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * adv)
             if ref_logits is not None:
-                ref = _token_logps(ref_logits[i], ids, cfg.temperature)
+                ref = _token_logps(ref_logits[i], ids, temperature, top_p)
                 kl = torch.exp(ref - new) - (ref - new) - 1  # k3, "low_var_kl"
                 kl_terms.append(kl.detach().sum())
                 pg = pg + cfg.beta * kl
             pg_terms.append(pg.sum())
             tokens += len(ids)
-    policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=mask_losses[0].device)
-    mask = torch.stack(mask_losses).mean()
+    device = groups[0].embedding.device
+    policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=device)
+    mask = torch.stack(mask_losses).mean() if mask_losses else torch.zeros((), device=device)
     loss = policy + cfg.mask_weight * mask
     stats = {"reward": float(np.mean(all_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
              "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
-             "frac_zero_std": advantages.frac_zero_std, "dice": float(np.mean(dices))}
+             "frac_zero_std": frac_zero_std, "dice": float(np.mean(dices))}
     for term in ("format", "detect", "segment", "human"):
         values = [r[term] for r in stats_rows if r[term] is not None]
         stats[term] = float(np.mean(values)) if values else None
@@ -238,11 +280,11 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         groups = make_groups(step, predictor, generator)
         model.train()
         loss, stats = grpo_loss(model, reference, groups, cfg, predictor)
-        loss.backward()
+        if loss.requires_grad:  # all groups dropped and no mask to train: nothing to learn this step
+            loss.backward()
         if accelerator.num_processes > 1:
-            for p in model.trainable_parameters():
-                if p.grad is not None:
-                    p.grad = accelerator.reduce(p.grad, reduction="mean")
+            for p in model.trainable_parameters():  # every process reduces every tensor (a missing grad is 0)
+                p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -278,10 +320,9 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
         for j in range(batch_cases):
             case = order[case_index(step, j, batch_cases) % len(order)]
             frame = predictor.model.config.box_frame
-            question, _ = case.sample_text(rng, frame)
-            ids, logps = sample_group(predictor, case.image, case.embedding, question, cfg, generator)
-            groups.append(Group(case.image, case.embedding, case.target, case.boxes("box", frame), question, ids,
-                                logps))
+            sample = case.sample(rng, frame)
+            ids, logps = sample_group(predictor, case.image, case.embedding, sample.question, cfg, generator)
+            groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps))
         return groups
 
     return make
@@ -290,9 +331,10 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="labelled data folder (ground-truth mode)")
-    parser.add_argument("--cache", default="runs/features")
+    parser.add_argument("--cache", default=None, help="feature cache (trainers.features); default: encode here")
     parser.add_argument("--db", help="feedback database (feedback mode; see trainers.feedback)")
-    parser.add_argument("--base", required=True, help="checkpoint to start from")
+    parser.add_argument("--base", default=None, help="checkpoint to start from (--db: default the model the "
+                        "store's latest feedback was collected on, else the shipped model; --data: required)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--limit", type=int, default=None)
@@ -322,14 +364,19 @@ def main(argv=None) -> None:
         return
     if not args.data:
         parser.error("give --data (ground-truth mode) or --db (feedback mode)")
-    from trainers.samples import load_cases
+    if not args.base:
+        parser.error("--data needs --base CKPT (e.g. an SFT run's OUT/last)")
+    from trainers.samples import attach_embeddings, load_cases
 
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
                      bf16_decoder=args.bf16)
-    cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit)
-    if not cases:
-        raise SystemExit(f"no cached training features under {args.cache}")
     model, info = load_checkpoint(args.base, device="cpu")
+    full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself
+    cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit, with_images=full)
+    if not cases:
+        raise SystemExit(f"no training images under {args.data}" + (f" with features in {args.cache}" if args.cache
+                                                                     else ""))
+    attach_embeddings(cases, model)
     version = args.version or f"grpo-{time.strftime('%Y%m%d-%H%M')}"
     out = Path(args.out)
     (out).mkdir(parents=True, exist_ok=True)

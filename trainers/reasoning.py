@@ -227,6 +227,27 @@ def build_reasoning(facts: LesionFacts, set_name: str | None, labels: dict | Non
     return spell_digits(" ".join(out))
 
 
+FOUND_IN = {"busbra": "breast tissue on ultrasound", "kvasir": "the colonic mucosa at endoscopy",
+            "ph2": "the skin under dermoscopy"}
+SHOWS = {"busbra": "breast tissue", "kvasir": "colonic mucosa", "ph2": "skin"}
+
+
+def describe_absence(asked_set: str, present_sets: list[str | None], rng=None) -> str:
+    """Why the asked kind of finding cannot be outlined: what the image shows instead (no digits)."""
+    from coreseg.questions import KINDS
+
+    rng = _as_random(rng)
+    kind = KINDS[asked_set][0]
+    shown = sorted({SHOWS.get(_set_key(s), "other tissue") for s in present_sets})
+    shown_text = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]
+    return rng.choice([
+        f"The image shows {shown_text}. {_cap(_a(kind))} is a finding of {FOUND_IN[asked_set]}, and no such "
+        f"finding is seen here.",
+        f"What is visible is {shown_text}; {_a(kind)} would appear in {FOUND_IN[asked_set]}, and nothing of the kind "
+        f"is present.",
+    ])
+
+
 def target_name(set_name: str | None, parts: int = 1) -> str:
     """The noun the answer names: the set's target ("lesion" for unknown sets), plural for several parts."""
     from coreseg.datasets import set_info

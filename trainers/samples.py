@@ -17,9 +17,23 @@ from coreseg.geometry import mask_to_low_res
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import thumbnail
 from trainers.features import feature_path, interleave, load_features
-from coreseg.questions import sample_question
+from coreseg.questions import KINDS, kind_question, sample_question
 from coreseg.lesion_facts import LesionFacts, describe_lesion
-from trainers.reasoning import MODALITY_OF, build_reasoning, target_name
+from trainers.reasoning import MODALITY_OF, build_reasoning, describe_absence, target_name
+
+
+ABSENT_SHARE = 0.1  # of single-scan samples: a question about a kind of finding the scan does not show
+
+
+@dataclass
+class Sample:
+    """One drawn question with the answer the model should write and the mask it should draw."""
+
+    question: str
+    answer: str                        # in the model's box frame
+    target: torch.Tensor               # 1 × 1 × 256 × 256 (empty when the asked finding is absent)
+    boxes: list = field(default_factory=list)        # box frame
+    targets: list[int] = field(default_factory=list)  # composites: which tiles the question names
 
 
 @dataclass
@@ -50,6 +64,17 @@ class Case:
         reasoning = build_reasoning(self.facts, key, self.item.labels, rng, modality=MODALITY_OF.get(key))
         boxes = self.boxes("box", frame)
         return question, render_answer(reasoning, target_name(key, len(boxes)), boxes)
+
+    def sample(self, rng: random.Random, frame: int, absent_share: float = ABSENT_SHARE) -> Sample:
+        """A question, its answer and its target; with probability `absent_share` the question asks for a
+        kind of finding another set shows, answered "No … is visible." with an empty target."""
+        others = [s for s in KINDS if s != self.set_name]
+        if others and rng.random() < absent_share:
+            asked = rng.choice(others)
+            answer = render_answer(describe_absence(asked, [self.set_name], rng), KINDS[asked][0], [])
+            return Sample(kind_question(asked, rng), answer, torch.zeros_like(self.target), [])
+        question, answer = self.sample_text(rng, frame)
+        return Sample(question, answer, self.target, self.boxes("box", frame))
 
 
 def load_cases(data_dir, cache_dir, sets: list[str], split: str, limit: int | None = None,

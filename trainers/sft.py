@@ -5,8 +5,10 @@
     python -m trainers.sft --db feedback.db --init CKPT --out DIR …   (accepted feedback: the edited or
         chosen reasoning with boxes from the accepted mask, DiceCE against the accepted mask)
 
-Trains the compact reasoner (or LoRA), the adapter and the mask decoder; the image encoder is frozen
-and read from the feature cache (`python -m trainers.features`). One checkpoint per epoch
+Trains the compact reasoner (or LoRA and the answer tokens' embedding rows), the adapter and the mask
+decoder; the image encoder is frozen, read from the feature cache (`--cache`, from `python -m
+trainers.features`) or, without one, run here once per image. Each target ends with the end-of-turn
+token, so the model learns to stop. One checkpoint per epoch
 (`OUT/epoch-K`, and `OUT/last`), a CSV of the losses, and `--resume` from the last epoch. Runs under
 `accelerate launch` unchanged: each process takes its share of every epoch's cases.
 """
@@ -31,18 +33,18 @@ from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
-from trainers.samples import Case, load_cases
+from trainers.samples import Case, attach_embeddings, load_cases
 
 
-def prompt_mix(cases: list[Case], rng: random.Random, image_size: int, share: float):
+def prompt_mix(targets: list[torch.Tensor], rng: random.Random, image_size: int, share: float):
     """With probability `share` per batch, user-style prompts from the truth: a jittered box, and
     half of those times also one positive and one negative click (teaches refinement)."""
     if rng.random() >= share:
         return None, None
     boxes, coords, labels = [], [], []
     frames = Frames((LOW_RES, LOW_RES), image_size=image_size)  # the targets are in the decoder's frame
-    for case in cases:
-        target = case.target[0, 0].numpy() > 0.5
+    for target in targets:
+        target = target[0, 0].numpy() > 0.5
         ys, xs = np.nonzero(target)
         if len(xs) == 0:
             x1, y1, x2, y2 = frames.whole_box("low_res")
@@ -66,12 +68,14 @@ def prompt_mix(cases: list[Case], rng: random.Random, image_size: int, share: fl
 
 
 def encode_batch(model: CoreSeg, cases: list[Case], rng: random.Random):
-    questions, completions = [], []
+    """Draw a question per case: (questions, completions, targets B × 1 × 256 × 256)."""
+    questions, completions, targets = [], [], []
     for case in cases:
-        question, answer = case.sample_text(rng, model.config.box_frame)
-        questions.append(question)
-        completions.append(model.reasoner.tokenizer.encode(answer, add_special_tokens=False))
-    return questions, completions
+        sample = case.sample(rng, model.config.box_frame)
+        questions.append(sample.question)
+        completions.append(model.encode_target(sample.answer))  # ends with the end-of-turn token: stopping is trained
+        targets.append(sample.target)
+    return questions, completions, torch.cat(targets)
 
 
 @torch.no_grad()
@@ -82,15 +86,21 @@ def validate(model: CoreSeg, cases: list[Case], batch_size: int, seed: int = 0) 
     lm, dices = [], []
     for i in range(0, len(cases), batch_size):
         batch = cases[i:i + batch_size]
-        questions, completions = encode_batch(model, batch, rng)
-        out = model([c.image for c in batch], torch.cat([c.embedding for c in batch]), questions, completions,
-                    torch.cat([c.target for c in batch]))
+        questions, completions, targets = encode_batch(model, batch, rng)
+        out = model([c.image for c in batch], torch.cat([c.embedding for c in batch]), questions, completions, targets)
         lm.append(float(out["lm"]))
         pred = (out["mask_logits"] > 0)[:, 0].cpu().numpy()
-        target = torch.nn.functional.interpolate(torch.cat([c.target for c in batch]), size=pred.shape[-2:]) > 0.5
+        target = torch.nn.functional.interpolate(targets, size=pred.shape[-2:]) > 0.5
         dices += [dice(p, t) for p, t in zip(pred, target[:, 0].cpu().numpy())]
     model.train()
     return {"val_lm": float(np.mean(lm)) if lm else float("nan"), "val_dice": float(np.mean(dices)) if dices else float("nan")}
+
+
+def _full_checkpoint(path) -> bool:
+    """Whether the checkpoint at `path` (if any) is of the full profile."""
+    from coreseg.checkpoint import existing_checkpoint, read_info
+
+    return bool(path) and existing_checkpoint(path).exists() and read_info(path).config.reasoner.kind != "compact"
 
 
 def build_model(args, cases: list[Case]) -> CoreSeg:
@@ -98,9 +108,14 @@ def build_model(args, cases: list[Case]) -> CoreSeg:
         model, _ = load_checkpoint(args.init, device="cpu")
         return model
     if args.profile == "full":
-        return CoreSeg.build(ModelConfig.full(args.pretrained))
+        from dataclasses import replace
+
+        config = ModelConfig.full(args.pretrained)
+        if args.max_new_tokens:
+            config = replace(config, reasoner=replace(config.reasoner, max_new_tokens=args.max_new_tokens))
+        return CoreSeg.build(config)
     rng = random.Random(args.seed)
-    corpus = [text for case in cases[:600] for text in case.sample_text(rng, 256)]
+    corpus = [text for case in cases[:600] for sample in [case.sample(rng, 256)] for text in (sample.question, sample.answer)]
     reasoner = ReasonerConfig(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
                               intermediate_size=args.hidden * 3)
     return CoreSeg.build(ModelConfig(reasoner=reasoner), tokenizer=build_tokenizer(corpus))
@@ -110,12 +125,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="folder with busbra/, kvasir-seg/, ph2/")
     parser.add_argument("--db", help="feedback database: train on its accepted cases (needs --init)")
-    parser.add_argument("--cache", default="runs/features", help="feature cache from trainers.features")
+    parser.add_argument("--cache", default=None, help="feature cache from trainers.features (default: encode "
+                        "the images here with the model's own encoder)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--profile", choices=["compact", "full"], default="compact")
     parser.add_argument("--pretrained", default="Qwen/Qwen2.5-VL-3B-Instruct", help="full profile: hub id or folder")
     parser.add_argument("--init", default=None, help="start from this checkpoint")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="full profile: answer length cap "
+                        "(default: the config's)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -133,14 +151,16 @@ def main(argv=None) -> None:
     parser.add_argument("--version", default=None, help="model version name (default: sft-<date>)")
     args = parser.parse_args(argv)
 
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     torch.set_num_threads(args.threads)
-    accelerator = Accelerator()
+    # the decoder's IoU head (and, per batch, the prompt paths) get no gradient from this loss
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = args.sets.split(",")
-    with_images = args.profile == "full"
+    with_images = args.profile == "full" or _full_checkpoint(args.init) or (
+        args.resume and _full_checkpoint(out / "last"))  # Qwen reads the image itself
     if args.db:
         from trainers.feedback import load_feedback_cases, snapshot_store, split_held_out
 
@@ -166,9 +186,7 @@ def main(argv=None) -> None:
         torch.manual_seed(args.seed)
         model = build_model(args, cases)
         state = None
-    for case in cases + val:  # feedback cases carry images, not cached embeddings
-        if getattr(case, "embedding", None) is None:
-            case.embedding = model.segmenter.encode(case.image)
+    attach_embeddings(cases + val, model)  # without a cache (or from feedback): the model's own encoder
     model.train()
     decoder = {id(p) for p in model.segmenter.mask_decoder.parameters()}
     groups = [{"params": [p for p in model.trainable_parameters() if id(p) not in decoder], "scale": 1.0},
@@ -202,11 +220,11 @@ def main(argv=None) -> None:
             batch = order[i:i + args.batch_size]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step) * group["scale"]
-            questions, completions = encode_batch(core, batch, rng)
-            boxes, points = prompt_mix(batch, rng, image_size, args.prompt_share)
+            questions, completions, targets = encode_batch(core, batch, rng)
+            boxes, points = prompt_mix(list(targets[:, None]), rng, image_size, args.prompt_share)
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),
-                               questions, completions, torch.cat([c.target for c in batch]).to(accelerator.device),
+                               questions, completions, targets.to(accelerator.device),
                                boxes=None if boxes is None else boxes.to(accelerator.device),
                                points=None if points is None else tuple(p.to(accelerator.device) for p in points))
             accelerator.backward(result["loss"])
