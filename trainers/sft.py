@@ -96,6 +96,15 @@ def validate(model: CoreSeg, cases: list[Case], batch_size: int, seed: int = 0) 
     return {"val_lm": float(np.mean(lm)) if lm else float("nan"), "val_dice": float(np.mean(dices)) if dices else float("nan")}
 
 
+def split_development(cases: list, every: int) -> tuple[list, list]:
+    """(training, development): every `every`-th case is held out to choose checkpoints on, so the
+    reported validation split is never looked at during training."""
+    if every <= 1:
+        return cases, []
+    return ([c for i, c in enumerate(cases) if i % every != every - 1],
+            [c for i, c in enumerate(cases) if i % every == every - 1])
+
+
 def _full_checkpoint(path) -> bool:
     """Whether the checkpoint at `path` (if any) is of the full profile."""
     from coreseg.checkpoint import existing_checkpoint, read_info
@@ -144,7 +153,11 @@ def main(argv=None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--prompt-share", type=float, default=0.3, help="share of batches with box/click prompts")
     parser.add_argument("--limit", type=int, default=None, help="at most N training images per set")
-    parser.add_argument("--val-limit", type=int, default=40)
+    parser.add_argument("--val-limit", type=int, default=40, help="at most N development cases")
+    parser.add_argument("--dev-every", type=int, default=20, help="every N-th training image (and composite) is "
+                        "held out as the development set that chooses checkpoints (never the reported val split)")
+    parser.add_argument("--composites", type=int, default=0, help="mix in up to N cached training composites "
+                        "(python -m trainers.composites; needs --cache)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
@@ -169,7 +182,14 @@ def main(argv=None) -> None:
         cases, val = split_held_out(load_feedback_cases(snapshot_store(args.db, out / "snapshots")))
     elif args.data:
         cases = load_cases(args.data, args.cache, sets, "train", args.limit, with_images=with_images)
-        val = load_cases(args.data, args.cache, sets, "val", args.val_limit, with_images=with_images)
+        if args.composites:
+            from trainers.composites import load_composite_cases
+
+            if not args.cache:
+                parser.error("--composites needs --cache")
+            cases += load_composite_cases(args.cache, "train", args.composites)
+        cases, val = split_development(cases, args.dev_every)
+        val = val[::max(1, len(val) // max(1, args.val_limit))][:args.val_limit]  # singles and composites
     else:
         parser.error("give --data (labelled images) or --db (feedback)")
     if not cases:
