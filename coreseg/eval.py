@@ -1,38 +1,58 @@
-"""Evaluation on labelled images: the CORE-Seg path against its baselines, on the same images.
+"""Evaluation that can tell whether the reasoning drives the mask, on labelled images and composites.
 
     python -m coreseg.eval --data ../shared/data --split val [--sets busbra,kvasir,ph2] [--limit N]
-        [--checkpoint DIR] [--json OUT] [--gallery PNG] [--folder DIR --question "…"] [--cache DIR]
+        [--checkpoint DIR] [--composites N] [--candidates K] [--json OUT] [--gallery PNG] [--cache DIR]
 
-Methods (each on every image):
-  probe       CORE-Seg: the `<seg>` probe alone drives the trained decoder (the boxes are not used)
-  probe_box   the probe together with the answer's first box
-  cascade     the model's own first box → the pretrained LiteMedSAM (Seg-Zero's cascade)
-  litemedsam  the pretrained LiteMedSAM with a whole-image box (no reasoning at all)
-Metrics per image: Dice, IoU, whether the answer parses, box F1 (Hungarian, IoU ≥ 0.5), failure
-(Dice = 0 or unparsable) and reasoning accuracy (do the stated location, size, shape and conclusion
-agree with the truth measured on the expert mask). Empty-target rule: see coreseg.metrics.
+Single scans, methods on every image (greedy answers; questions from the plain bank, never naming a label):
+  probe           CORE-Seg: the `<seg>` probe drives the trained decoder (the answer's boxes are not used)
+  constant_probe  the same trained decoder with ONE probe for every image (the mean of all probes): what a
+                  decoder that ignores the text scores; the model must beat it
+  cascade         the model's own first box → the pretrained LiteMedSAM (Seg-Zero's cascade)
+  litemedsam      the pretrained LiteMedSAM with a whole-image box (no reasoning at all)
+Per image: Dice, IoU, failure (Dice = 0 or unparsable), box F1 against the truth (Hungarian, IoU ≥ 0.5),
+box IoU against the answer's OWN mask, the share of the answer's claims that agree with its own mask
+(`coreseg.findings.check_answer`) and with the truth (`check_statements`: location, size, shape,
+impression), and unknowable claims (`unsupported_claims`). Beside them, a constant-sentence baseline: the
+one reasoning text per set that states the most frequent true location, size, shape and impression.
+
+`--composites N` builds N composites from the split (`coreseg.composites`; the same plans as training's
+for that split) and asks each several questions (each tile by place, a kind shown once, the larger/smaller
+of two, and a kind no tile shows): referring accuracy (≥ 80 % of the mask on the named tiles), absent
+accuracy (an empty mask), mDice against the named tiles; the constant-probe baseline on the same
+questions; and the counterfactual: Dice between the masks of two questions about different tiles of one
+image (near 0 when the mask follows the question, near 1 when it ignores it). `--candidates K` samples K
+answers (T = 0.7) per composite and reports their mean pairwise mask Dice. Empty-target rule:
+`coreseg.metrics`.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_composite, plan_composites
 from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, load_folder, load_split, read_image, read_mask
 from coreseg.embedding_cache import pixel_key
+from coreseg.findings import (VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
+                              unsupported_claims)
 from coreseg.geometry import Frames
-from coreseg.metrics import dice, score_sample
+from coreseg.lesion_facts import describe_lesion, thumbnail
+from coreseg.mask_boxes import mask_boxes
+from coreseg.metrics import box_iou, dice, score_sample
 from coreseg.modeling.segmenter import Segmenter
 from coreseg.predictor import CoreSegPredictor
+from coreseg.questions import KINDS, kind_question, place_question, sample_question, size_question
 
-METHODS = ("probe", "probe_box", "cascade", "litemedsam")
+METHODS = ("probe", "constant_probe", "cascade", "litemedsam")
+REFERRING_SHARE = 0.8
 
 
 def _box_decode(baseline: Segmenter, embedding: torch.Tensor, box, size: tuple[int, int]) -> np.ndarray:
@@ -43,95 +63,323 @@ def _box_decode(baseline: Segmenter, embedding: torch.Tensor, box, size: tuple[i
     return frames.mask(low_res[0])
 
 
-def question_for(item: LabelledImage, fixed: str | None) -> str:
-    """A fixed question when given, else one drawn from the set's bank with a per-image seed."""
-    if fixed:
-        return fixed
-    from coreseg.questions import sample_question
+def _probe_decode(predictor: CoreSegPredictor, embedding: torch.Tensor, probe: np.ndarray, size) -> np.ndarray:
+    with torch.no_grad():
+        low_res, _ = predictor.model.segmenter.decode(embedding, probe=torch.from_numpy(probe)[None].to(embedding.device))
+    return Frames(size).mask(low_res[0])
 
-    return sample_question(item.set_name, item.labels, random.Random(item.image_id))
+
+def question_for(item: LabelledImage, fixed: str | None) -> str:
+    """A fixed question when given, else a plain one from the set's bank with a per-image seed."""
+    return fixed or sample_question(item.set_name, None, random.Random(item.image_id))
+
+
+def own_box_iou(boxes, mask: np.ndarray) -> float | None:
+    """Mean over the stated boxes of the IoU with the best-matching part box of the answer's own mask."""
+    parts = mask_boxes(mask)
+    if not boxes:
+        return None
+    return float(np.mean([max((box_iou(b, p) for p in parts), default=0.0) for b in boxes]))
+
+
+def _cached_embedding(predictor: CoreSegPredictor, image: np.ndarray, path: Path | None) -> torch.Tensor:
+    """The image embedding, from the feature cache when it holds this image (no re-encoding)."""
+    if path is not None and path.exists():
+        with np.load(path) as f:
+            embedding = torch.from_numpy(f["embedding"].astype(np.float32))[None].to(predictor.device)
+        predictor.cache.put(pixel_key(image, predictor.model_version), embedding)
+    return predictor.embedding(image)
+
+
+# ------------------------------------------------------------------------------------------ single scans
+def constant_sentence(facts_list: list, set_name: str, labels_list: list[dict]) -> str:
+    """The strongest constant reasoning for a set: the most frequent true location, size, shape and
+    impression, stated for every image."""
+    most = lambda values: Counter(values).most_common(1)[0][0]  # noqa: E731
+    location, size, shape = (most([getattr(f, k) for f in facts_list]) for k in ("location", "size", "shape"))
+    text = (f"There is {VOCAB['size'][size][0]} {VOCAB['shape'][shape][0]} lesion in the "
+            f"{VOCAB['location'][location][0]} part of the image.")
+    if set_name == "busbra":
+        birads = [int(l["birads"]) for l in labels_list if l.get("birads") is not None]
+        if birads:
+            text += f" BI-RADS: {VOCAB['impression'][birads_impression(most(birads))][0]}."
+    elif set_name == "ph2":
+        from coreseg.findings import PH2_DIAGNOSIS_KEYS
+
+        diagnoses = [l["diagnosis"] for l in labels_list if l.get("diagnosis") in PH2_DIAGNOSIS_KEYS]
+        if diagnoses:
+            text += f" The features {VOCAB['impression'][PH2_DIAGNOSIS_KEYS[most(diagnoses)]][0]}."
+    elif set_name == "kvasir":
+        text += " It is a polyp."
+    return text
 
 
 def evaluate(predictor: CoreSegPredictor, items: list[LabelledImage], methods=METHODS, question: str | None = None,
-             cache_dir: str | None = None, keep_images: int = 0) -> tuple[list[dict], list[dict]]:
-    """Score every method on every item. Returns (records, examples) where examples keep the
-    image, masks and answer of each item for the gallery (only when keep_images > 0)."""
-    from trainers.reasoning import check_statements, describe_lesion
-
+             cache_dir: str | None = None, keep_images: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """Score every method on every item: (records, answers, examples). `answers` keep each greedy
+    answer's probe (for the constant-probe baseline); examples keep images for the gallery."""
     baseline = Segmenter(SegmenterConfig()).eval() if {"cascade", "litemedsam"} & set(methods) else None
     shares_encoder = predictor.model.config.segmenter.kind == "litemedsam"
-    records, examples = [], []
+    records, answers, examples = [], [], []
     for item in tqdm(items, desc="evaluate"):
         image, truth = read_image(item), read_mask(item)
         size = truth.shape
-        if cache_dir:
-            cached = Path(cache_dir) / item.set_name / f"{item.image_id}.npz"
-            if cached.exists():
-                with np.load(cached) as f:
-                    emb = torch.from_numpy(f["embedding"].astype(np.float32))[None].to(predictor.device)
-                predictor.cache.put(pixel_key(image, predictor.model_version), emb)
+        cached = Path(cache_dir) / item.set_name / f"{item.image_id}.npz" if cache_dir else None
+        embedding = _cached_embedding(predictor, image, cached)
         q = question_for(item, question)
-        facts = describe_lesion(image, truth)
-        truth_boxes = list(facts.boxes)
+        facts = describe_lesion(*thumbnail(image, truth))  # measured as training measures: on a thumbnail
+        truth_boxes = mask_boxes(truth)
         candidate = predictor.predict(image, q, n_candidates=1, temperature=0.0)[0]
         parsed = candidate.parsed
         answer = parsed.answer
         pred_boxes = list(answer.boxes) if answer else []
-        checks = check_statements(answer.reasoning if answer else "", facts, item.set_name, item.labels)
-        masks = {}
-        if "probe" in methods:
-            masks["probe"] = candidate.mask
-        if "probe_box" in methods:
-            masks["probe_box"] = predictor.score_completions(image, q, [candidate.token_ids], box_prompt=True)[0].mask
+        reasoning = answer.reasoning if answer else ""
+        truth_checks = check_statements(reasoning, facts, item.set_name, item.labels)
+        common = {"set": item.set_name, "image": item.image_id, "question": q}
+        answers.append({**common, "probe": candidate.probe, "embedding": embedding, "size": size, "truth": truth,
+                        "facts": facts, "labels": item.labels, "parsed": parsed.ok, "boxes": pred_boxes})
+        masks = {"probe": candidate.mask} if "probe" in methods else {}
         if baseline is not None:
-            embedding = predictor.embedding(image) if shares_encoder else baseline.encode(image)
+            base_embedding = embedding if shares_encoder else baseline.encode(image)
             if "cascade" in methods:
                 box = pred_boxes[0] if pred_boxes else (0, 0, size[1], size[0])
-                masks["cascade"] = _box_decode(baseline, embedding, box, size)
+                masks["cascade"] = _box_decode(baseline, base_embedding, box, size)
             if "litemedsam" in methods:
-                masks["litemedsam"] = _box_decode(baseline, embedding, (0, 0, size[1], size[0]), size)
+                masks["litemedsam"] = _box_decode(baseline, base_embedding, (0, 0, size[1], size[0]), size)
         for method, mask in masks.items():
             uses_text = method != "litemedsam"
             s = score_sample(mask, truth, pred_boxes if uses_text else [], truth_boxes,
                              parsed=parsed.ok if uses_text else True)
-            records.append({"set": item.set_name, "image": item.image_id, "method": method, "question": q,
-                            "dice": s.dice, "iou": s.iou, "parsed": s.parsed, "failed": s.failed,
-                            "box_f1": s.box_f1 if uses_text else None,
-                            "reasoning": checks if uses_text else None,
-                            "parse_errors": list(parsed.errors) if uses_text else []})
+            row = {**common, "method": method, "dice": s.dice, "iou": s.iou, "parsed": s.parsed, "failed": s.failed,
+                   "box_f1": s.box_f1 if uses_text else None}
+            if method == "probe":
+                findings = check_answer(candidate.text, mask, image)
+                row.update(own_box_iou=own_box_iou(pred_boxes, mask), own_agreement=claim_agreement(findings),
+                           own_claims=_claims_by_kind(findings),
+                           truth_checks=truth_checks, unsupported=unsupported_claims(candidate.text),
+                           parse_errors=list(parsed.errors), text=candidate.text)
+            records.append(row)
         if keep_images and "probe" in masks:
             examples.append({"item": item, "image": image, "truth": truth, "mask": masks["probe"],
                              "boxes": pred_boxes, "dice": dice(masks["probe"], truth)})
+    if "constant_probe" in methods and answers:
+        records += constant_probe_records(predictor, answers)
+    records += constant_sentence_records(answers)
+    return records, answers, examples
+
+
+def _claims_by_kind(findings) -> dict[str, bool]:
+    """{"box": all boxes agree, "location": …} from an answer's findings."""
+    out: dict[str, bool] = {}
+    for f in findings:
+        kind = f.claim.split(" ")[0]
+        out[kind] = out.get(kind, True) and f.agrees
+    return out
+
+
+def mean_probe(answers: list[dict]) -> np.ndarray:
+    probes = [a["probe"] for a in answers if a["probe"] is not None]
+    return np.mean(probes, axis=0).astype(np.float32)
+
+
+def constant_probe_records(predictor: CoreSegPredictor, answers: list[dict]) -> list[dict]:
+    """The trained decoder with one probe (the mean) for every image."""
+    probe = mean_probe(answers)
+    rows = []
+    for a in answers:
+        mask = _probe_decode(predictor, a["embedding"], probe, a["size"])
+        s = score_sample(mask, a["truth"], a["boxes"], mask_boxes(a["truth"]), parsed=True)
+        rows.append({"set": a["set"], "image": a["image"], "question": a["question"], "method": "constant_probe",
+                     "dice": s.dice, "iou": s.iou, "parsed": True, "failed": s.failed, "box_f1": None})
+    return rows
+
+
+def constant_sentence_records(answers: list[dict]) -> list[dict]:
+    """The constant-sentence baseline for the claims against the truth."""
+    rows = []
+    by_set = defaultdict(list)
+    for a in answers:
+        by_set[a["set"]].append(a)
+    for set_name, group in by_set.items():
+        text = constant_sentence([a["facts"] for a in group], set_name, [a["labels"] for a in group])
+        for a in group:
+            rows.append({"set": set_name, "image": a["image"], "method": "constant_sentence", "text": text,
+                         "truth_checks": check_statements(text, a["facts"], set_name, a["labels"])})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ composites
+def composite_questions(scan: CompositeScan, rng: random.Random) -> list[tuple[str, str, list[int]]]:
+    """(kind, question, named tiles): every tile by place; a kind shown once; larger/smaller of two; absent."""
+    sets = [t["set_name"] for t in scan.tiles]
+    out = [("place", place_question(t["place"], rng), [i]) for i, t in enumerate(scan.tiles)]
+    unique = sorted(s for s in set(sets) if sets.count(s) == 1)
+    if unique:
+        s = rng.choice(unique)
+        out.append(("kind", kind_question(s, rng), [sets.index(s)]))
+    areas = scan.tile_masks.reshape(len(sets), -1).sum(1)
+    for s in sorted(set(sets)):
+        pair = [i for i, t in enumerate(sets) if t == s]
+        if len(pair) == 2 and max(areas[pair]) >= 1.5 * max(1, min(areas[pair])):
+            larger = bool(rng.random() < 0.5)
+            big, small = sorted(pair, key=lambda i: -areas[i])
+            out.append(("size", size_question(s, larger, rng), [big if larger else small]))
+    missing = [s for s in KINDS if s not in sets]
+    if missing:
+        out.append(("absent", kind_question(rng.choice(missing), rng), []))
+    return out
+
+
+def _named_region(scan: CompositeScan, named: list[int]) -> np.ndarray:
+    region = np.zeros(scan.size, bool)
+    for i in named:
+        x1, y1, x2, y2 = scan.tiles[i]["cell"]
+        region[y1:y2, x1:x2] = True
+    return region
+
+
+def _question_row(kind: str, mask: np.ndarray, target: np.ndarray, region: np.ndarray) -> dict:
+    area = int(mask.sum())
+    if kind == "absent":
+        return {"kind": kind, "correct": area == 0, "dice": dice(mask, target)}
+    on_named = float((mask & region).sum()) / area if area else 0.0
+    return {"kind": kind, "correct": area > 0 and on_named >= REFERRING_SHARE, "dice": dice(mask, target),
+            "on_named": on_named}
+
+
+def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, count: int,
+                        cache_dir: str | None = None, candidates: int = 0, probe: np.ndarray | None = None,
+                        keep_images: int = 0) -> tuple[list[dict], list[dict]]:
+    """Referring / absent questions on `count` composites of a split: (records, examples)."""
+    pools = {s: load_split(data_dir, s, split) for s in KINDS}
+    records, examples = [], []
+    for plan in tqdm(plan_composites(pools, count, seed=PLAN_SEED.get(split, 1)), desc="composites"):
+        canvas, full_masks = plan.render()
+        path = composite_path(Path(cache_dir), split, plan.key) if cache_dir else None
+        if path is not None and path.exists():
+            scan = load_composite(path)
+        else:
+            scan = CompositeScan(plan.key, None, canvas.shape[:2], canvas, np.stack(full_masks),
+                                 [t.__dict__ for t in plan.tiles])
+        scan.tile_masks = np.stack(full_masks)  # score against the full-size masks
+        embedding = _cached_embedding(predictor, canvas, path)
+        rng = random.Random(plan.key)
+        masks_by_tile = {}
+        base = _probe_decode(predictor, embedding, probe, scan.size) if probe is not None else None
+        for kind, q, named in composite_questions(scan, rng):
+            candidate = predictor.predict(canvas, q, n_candidates=1, temperature=0.0)[0]
+            target, region = scan.target_mask(named), _named_region(scan, named)
+            row = {"composite": plan.key, "question": q, "named": named, "method": "probe", "text": candidate.text,
+                   **_question_row(kind, candidate.mask, target, region)}
+            row["own_agreement"] = claim_agreement(check_answer(candidate.text, candidate.mask))
+            records.append(row)
+            if kind == "place":
+                masks_by_tile[named[0]] = candidate.mask
+            if base is not None:
+                records.append({"composite": plan.key, "question": q, "named": named, "method": "constant_probe",
+                                **_question_row(kind, base, target, region)})
+            if keep_images and len(examples) < 8 and kind == "place":
+                examples.append({"image": canvas, "mask": candidate.mask, "truth": target, "question": q,
+                                 "correct": row["correct"]})
+        for a, b in itertools.combinations(sorted(masks_by_tile), 2):
+            records.append({"composite": plan.key, "method": "counterfactual", "pair": [a, b],
+                            "dice_between": dice(masks_by_tile[a], masks_by_tile[b])})
+        if candidates > 1:
+            q = composite_questions(scan, rng)[0][1]
+            group = predictor.predict(canvas, q, n_candidates=candidates, temperature=0.7, seed=1)
+            pairs = [dice(x.mask, y.mask) for x, y in itertools.combinations(group, 2)]
+            records.append({"composite": plan.key, "method": "candidates", "pairwise_dice": float(np.mean(pairs)),
+                            "texts_differ": len({c.text for c in group})})
     return records, examples
 
 
+# ------------------------------------------------------------------------------------------ summaries
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def summarise(records: list[dict]) -> dict:
-    """{set: {method: metrics}} plus an 'overall' set."""
+    """{set: {method: metrics}} for single scans (plus 'overall'), and 'composites' when present."""
     grouped = defaultdict(list)
     for r in records:
-        grouped[(r["set"], r["method"])].append(r)
-        grouped[("overall", r["method"])].append(r)
+        if "set" in r:
+            grouped[(r["set"], r["method"])].append(r)
+            grouped[("overall", r["method"])].append(r)
     out: dict = defaultdict(dict)
     for (set_name, method), rows in grouped.items():
-        m = {"n": len(rows), "dice": float(np.mean([r["dice"] for r in rows])),
-             "iou": float(np.mean([r["iou"] for r in rows])), "failure_rate": float(np.mean([r["failed"] for r in rows]))}
-        f1 = [r["box_f1"] for r in rows if r["box_f1"] is not None]
-        m["box_f1"] = float(np.mean(f1)) if f1 else None
-        checks = [v for r in rows if r["reasoning"] for v in r["reasoning"].values()]
-        m["reasoning_accuracy"] = float(np.mean(checks)) if checks else None
+        m = {"n": len(rows)}
+        if method != "constant_sentence":
+            m.update(dice=_mean(r["dice"] for r in rows), iou=_mean(r["iou"] for r in rows),
+                     failure_rate=_mean(r["failed"] for r in rows), box_f1=_mean(r.get("box_f1") for r in rows))
+        if method == "probe":
+            m.update(own_box_iou=_mean(r["own_box_iou"] for r in rows),
+                     own_agreement=_mean(r["own_agreement"] for r in rows),
+                     unsupported=sum(bool(r["unsupported"]) for r in rows))
+            for claim in ("location", "size", "shape", "box", "parts"):
+                m[f"own_{claim}"] = _mean(r["own_claims"].get(claim) for r in rows)
+        if method in ("probe", "constant_sentence"):
+            m["truth_agreement"] = _mean(v for r in rows for v in r["truth_checks"].values())
         out[set_name][method] = m
+    composites = [r for r in records if "composite" in r]
+    if composites:
+        out["composites"] = summarise_composites(composites)
     return dict(out)
 
 
+def summarise_composites(rows: list[dict]) -> dict:
+    out = {}
+    for method in ("probe", "constant_probe"):
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        referring = [r for r in mine if r["kind"] != "absent"]
+        absent = [r for r in mine if r["kind"] == "absent"]
+        out[method] = {"questions": len(mine), "referring_accuracy": _mean(r["correct"] for r in referring),
+                       "absent_accuracy": _mean(r["correct"] for r in absent),
+                       "dice": _mean(r["dice"] for r in referring),
+                       "by_kind": {k: _mean(r["correct"] for r in mine if r["kind"] == k)
+                                   for k in sorted({r["kind"] for r in mine})}}
+        if method == "probe":
+            out[method]["own_agreement"] = _mean(r.get("own_agreement") for r in mine)
+    between = [r["dice_between"] for r in rows if r["method"] == "counterfactual"]
+    if between:
+        out["counterfactual"] = {"pairs": len(between), "dice_between_questions": float(np.mean(between)),
+                                 "share_mask_moved": float(np.mean([d < 0.5 for d in between]))}
+    pairwise = [r["pairwise_dice"] for r in rows if r["method"] == "candidates"]
+    if pairwise:
+        out["candidates"] = {"composites": len(pairwise), "pairwise_mask_dice": float(np.mean(pairwise))}
+    return out
+
+
 def markdown_table(summary: dict) -> str:
-    lines = ["| set | method | n | mDice | mIoU | failure | box F1 | reasoning acc. |", "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-    for set_name in sorted(summary, key=lambda s: (s == "overall", s)):
-        for method in METHODS:
+    fmt = lambda v: "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| set | method | n | mDice | mIoU | failure | box F1 | box IoU own | claims own | claims truth "
+             "| unknowable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for set_name in sorted((s for s in summary if s != "composites"), key=lambda s: (s == "overall", s)):
+        for method in METHODS + ("constant_sentence",):
             m = summary[set_name].get(method)
             if m:
-                lines.append(f"| {set_name} | {method} | {m['n']} | {fmt(m['dice'])} | {fmt(m['iou'])} | "
-                             f"{fmt(m['failure_rate'])} | {fmt(m['box_f1'])} | {fmt(m['reasoning_accuracy'])} |")
+                lines.append(f"| {set_name} | {method} | {m['n']} | {fmt(m.get('dice'))} | {fmt(m.get('iou'))} | "
+                             f"{fmt(m.get('failure_rate'))} | {fmt(m.get('box_f1'))} | {fmt(m.get('own_box_iou'))} | "
+                             f"{fmt(m.get('own_agreement'))} | {fmt(m.get('truth_agreement'))} | "
+                             f"{fmt(m.get('unsupported'))} |")
+    comp = summary.get("composites")
+    if comp:
+        lines += ["", "| composites | questions | referring acc. | absent acc. | mDice (named) |", "|---|---|---|---|---|"]
+        for method in ("probe", "constant_probe"):
+            if method in comp:
+                m = comp[method]
+                lines.append(f"| {method} | {m['questions']} | {fmt(m['referring_accuracy'])} | "
+                             f"{fmt(m['absent_accuracy'])} | {fmt(m['dice'])} |")
+        if "counterfactual" in comp:
+            c = comp["counterfactual"]
+            lines.append(f"\nCounterfactual: Dice between the masks of two questions about different tiles of one image "
+                         f"{c['dice_between_questions']:.3f} over {c['pairs']} pairs; mask moved (Dice < 0.5) in "
+                         f"{100 * c['share_mask_moved']:.0f} %.")
+        if "candidates" in comp:
+            lines.append(f"Candidates: mean pairwise mask Dice {comp['candidates']['pairwise_mask_dice']:.3f} "
+                         f"over {comp['candidates']['composites']} composites.")
     return "\n".join(lines)
 
 
@@ -158,6 +406,27 @@ def save_gallery(examples: list[dict], path: str, per_side: int = 4) -> None:
     plt.close(fig)
 
 
+def save_composite_gallery(examples: list[dict], path: str) -> None:
+    """Composite questions with the model's mask (red) and the named tile's truth (green)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from coreseg.overlay import draw_overlay
+
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8.6))
+    for ax, ex in zip(axes.flat, examples):
+        ax.imshow(draw_overlay(ex["image"], ex["mask"], truth=ex["truth"]))
+        ax.set_title(("✔ " if ex["correct"] else "✘ ") + ex["question"][:48], fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("composites: does the mask follow the question? red: model, green: the named lesion")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def gather_items(args) -> list[LabelledImage]:
     items = []
     if args.data:
@@ -178,11 +447,14 @@ def main(argv=None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N images of each set, in name order")
     parser.add_argument("--checkpoint", default=None, help="default: the shipped compact model")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--composites", type=int, default=0, help="also N composites of the split (needs --data)")
+    parser.add_argument("--candidates", type=int, default=0, help="sample K answers per composite: pairwise mask Dice")
     parser.add_argument("--cache", default=None, help="feature cache (trainers.features) to skip encoding")
     parser.add_argument("--json", default=None, help="write per-image records and the summary here")
-    parser.add_argument("--gallery", default=None, help="PNG of the best and worst overlays")
+    parser.add_argument("--gallery", default=None, help="PNG of the best and worst overlays (composites: *-composites.png)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--encoder-backend", default="auto", help="auto | eager | onnxruntime | openvino")
     args = parser.parse_args(argv)
     if args.folder and not args.question:
         parser.error("--folder needs --question (what to ask about those images)")
@@ -190,21 +462,30 @@ def main(argv=None) -> None:
     from coreseg.config import DEFAULT_CHECKPOINT
 
     predictor = CoreSegPredictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, args.device)
+    predictor.model.segmenter.use_encoder_backend(args.encoder_backend, args.threads)
     items = gather_items(args)
-    if not items:
+    if not items and not args.composites:
         raise SystemExit("no images to evaluate: give --data and/or --folder")
-    records, examples = evaluate(predictor, items, tuple(args.methods.split(",")), args.question, args.cache,
-                                 keep_images=1 if args.gallery else 0)
+    records, answers, examples = evaluate(predictor, items, tuple(args.methods.split(",")), args.question, args.cache,
+                                          keep_images=1 if args.gallery else 0)
+    composite_examples = []
+    if args.composites:
+        probe = mean_probe(answers) if answers and "constant_probe" in args.methods else None
+        more, composite_examples = evaluate_composites(predictor, args.data, args.split, args.composites, args.cache,
+                                                       args.candidates, probe, keep_images=1 if args.gallery else 0)
+        records += more
     summary = summarise(records)
     print(f"model {predictor.model_version} ({'trained' if predictor.trained else 'UNTRAINED'}), "
-          f"split {args.split}, {len(items)} images")
+          f"split {args.split}, {len(items)} images, {args.composites} composites")
     print(markdown_table(summary))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"model_version": predictor.model_version, "split": args.split,
-                                               "summary": summary, "records": records}, indent=1))
+                                               "summary": summary, "records": records}, indent=1, default=str))
     if args.gallery:
         save_gallery(examples, args.gallery)
+        if composite_examples:
+            save_composite_gallery(composite_examples, args.gallery.replace(".png", "-composites.png"))
 
 
 if __name__ == "__main__":
