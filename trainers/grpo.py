@@ -338,6 +338,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--composites", type=int, default=0, help="mix in up to N cached training composites")
+    parser.add_argument("--dev-every", type=int, default=20, help="skip the images SFT held out (its dev set)")
     parser.add_argument("--steps", type=int, default=None, help="default: 100 (ground truth), 2 passes (feedback)")
     parser.add_argument("--batch-cases", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=4)
@@ -366,13 +368,18 @@ def main(argv=None) -> None:
         parser.error("give --data (ground-truth mode) or --db (feedback mode)")
     if not args.base:
         parser.error("--data needs --base CKPT (e.g. an SFT run's OUT/last)")
-    from trainers.samples import attach_embeddings, load_cases
+    from trainers.samples import attach_embeddings, load_cases, split_development
 
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
                      bf16_decoder=args.bf16)
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself
     cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit, with_images=full)
+    if args.composites:
+        from trainers.composites import load_composite_cases
+
+        cases += load_composite_cases(args.cache, "train", args.composites)
+    cases, _ = split_development(cases, args.dev_every)
     if not cases:
         raise SystemExit(f"no training images under {args.data}" + (f" with features in {args.cache}" if args.cache
                                                                      else ""))

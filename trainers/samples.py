@@ -112,3 +112,12 @@ def attach_embeddings(cases: list, model) -> None:
     for case in cases:
         if getattr(case, "embedding", None) is None:
             case.embedding = model.segmenter.encode(case.image).cpu()
+
+
+def split_development(cases: list, every: int) -> tuple[list, list]:
+    """(training, development): every `every`-th case is held out to choose checkpoints on, so the
+    reported validation split is never looked at during training."""
+    if every <= 1:
+        return cases, []
+    return ([c for i, c in enumerate(cases) if i % every != every - 1],
+            [c for i, c in enumerate(cases) if i % every == every - 1])

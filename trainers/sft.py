@@ -33,7 +33,7 @@ from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
-from trainers.samples import Case, attach_embeddings, load_cases
+from trainers.samples import Case, attach_embeddings, load_cases, split_development
 
 
 def prompt_mix(targets: list[torch.Tensor], rng: random.Random, image_size: int, share: float):
@@ -94,15 +94,6 @@ def validate(model: CoreSeg, cases: list[Case], batch_size: int, seed: int = 0) 
         dices += [dice(p, t) for p, t in zip(pred, target[:, 0].cpu().numpy())]
     model.train()
     return {"val_lm": float(np.mean(lm)) if lm else float("nan"), "val_dice": float(np.mean(dices)) if dices else float("nan")}
-
-
-def split_development(cases: list, every: int) -> tuple[list, list]:
-    """(training, development): every `every`-th case is held out to choose checkpoints on, so the
-    reported validation split is never looked at during training."""
-    if every <= 1:
-        return cases, []
-    return ([c for i, c in enumerate(cases) if i % every != every - 1],
-            [c for i, c in enumerate(cases) if i % every == every - 1])
 
 
 def _full_checkpoint(path) -> bool:
