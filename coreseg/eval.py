@@ -137,6 +137,7 @@ def evaluate(predictor: CoreSegPredictor, items: list[LabelledImage], methods=ME
         truth_checks = check_statements(reasoning, facts, item.set_name, item.labels)
         common = {"set": item.set_name, "image": item.image_id, "question": q}
         answers.append({**common, "probe": candidate.probe, "embedding": embedding, "size": size, "truth": truth,
+                        "image_pixels": image, "token_ids": candidate.token_ids, "mask": candidate.mask,
                         "facts": facts, "labels": item.labels, "parsed": parsed.ok, "boxes": pred_boxes})
         masks = {"probe": candidate.mask} if "probe" in methods else {}
         if baseline is not None:
@@ -165,7 +166,25 @@ def evaluate(predictor: CoreSegPredictor, items: list[LabelledImage], methods=ME
     if "constant_probe" in methods and answers:
         records += constant_probe_records(predictor, answers)
     records += constant_sentence_records(answers)
+    if "probe" in methods:
+        records += text_swap_records(predictor, answers)
+    for a in answers:
+        a.pop("image_pixels")
     return records, answers, examples
+
+
+def text_swap_records(predictor: CoreSegPredictor, answers: list[dict]) -> list[dict]:
+    """The counterfactual on single scans: teacher-force the answer written for the next image of the
+    same set onto this image and compare the mask with the image's own (Dice near 1: the text does not
+    matter)."""
+    rows = []
+    for a, b in zip(answers, answers[1:]):
+        if a["set"] != b["set"] or not b["token_ids"]:
+            continue
+        swapped = predictor.score_completions(a["image_pixels"], a["question"], [b["token_ids"]])[0].mask
+        rows.append({"set": a["set"], "image": a["image"], "method": "text_swap",
+                     "dice_to_own": dice(swapped, a["mask"]), "dice": dice(swapped, a["truth"])})
+    return rows
 
 
 def _claims_by_kind(findings) -> dict[str, bool]:
@@ -309,7 +328,7 @@ def summarise(records: list[dict]) -> dict:
     out: dict = defaultdict(dict)
     for (set_name, method), rows in grouped.items():
         m = {"n": len(rows)}
-        if method != "constant_sentence":
+        if method not in ("constant_sentence", "text_swap"):
             m.update(dice=_mean(r["dice"] for r in rows), iou=_mean(r["iou"] for r in rows),
                      failure_rate=_mean(r["failed"] for r in rows), box_f1=_mean(r.get("box_f1") for r in rows))
         if method == "probe":
@@ -318,6 +337,8 @@ def summarise(records: list[dict]) -> dict:
                      unsupported=sum(bool(r["unsupported"]) for r in rows))
             for claim in ("location", "size", "shape", "box", "parts"):
                 m[f"own_{claim}"] = _mean(r["own_claims"].get(claim) for r in rows)
+        if method == "text_swap":
+            m = {"n": len(rows), "dice_to_own": _mean(r["dice_to_own"] for r in rows), "dice": _mean(r["dice"] for r in rows)}
         if method in ("probe", "constant_sentence"):
             m["truth_agreement"] = _mean(v for r in rows for v in r["truth_checks"].values())
         out[set_name][method] = m
@@ -364,6 +385,11 @@ def markdown_table(summary: dict) -> str:
                              f"{fmt(m.get('failure_rate'))} | {fmt(m.get('box_f1'))} | {fmt(m.get('own_box_iou'))} | "
                              f"{fmt(m.get('own_agreement'))} | {fmt(m.get('truth_agreement'))} | "
                              f"{fmt(m.get('unsupported'))} |")
+    swaps = {s: summary[s]["text_swap"] for s in summary if s != "composites" and "text_swap" in summary[s]}
+    if swaps:
+        lines.append("\nText swap (another image's answer forced onto this image): Dice of the mask to the image's own "
+                     "mask — " + ", ".join(f"{s} {m['dice_to_own']:.3f}" for s, m in sorted(swaps.items())) +
+                     " (1.000: the text does not move the mask).")
     comp = summary.get("composites")
     if comp:
         lines += ["", "| composites | questions | referring acc. | absent acc. | mDice (named) |", "|---|---|---|---|---|"]
