@@ -1,12 +1,11 @@
-"""A bounded LRU of image embeddings keyed by pixel hash + model version: encode once, decode per click."""
+"""The image-embedding cache, keyed by pixel hash + model version: encode once, decode per click."""
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import numpy as np
-import torch
+
+from coreseg.cache import LRU
 
 
 def pixel_key(image: np.ndarray, model_version: str) -> str:
@@ -16,27 +15,10 @@ def pixel_key(image: np.ndarray, model_version: str) -> str:
     return digest.hexdigest()
 
 
-class EmbeddingCache:
-    """Thread-safe LRU holding at most `max_items` embeddings (64×64×256 fp32 = 4 MB each)."""
+class EmbeddingCache(LRU):
+    """The project's one LRU type (`coreseg.cache.LRU`) holding at most `size` embeddings
+    (64×64×256 fp32 = 4 MB each), thread-safe."""
 
-    def __init__(self, max_items: int = 16):
-        self.max_items = max_items
-        self._items: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> torch.Tensor | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: torch.Tensor) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
+    @property
+    def max_items(self) -> int:
+        return self.size

@@ -34,39 +34,55 @@ class CoreSegPredictor:
     """predict(image, question) → candidates; refine(image, candidate, clicks, box) → a new candidate.
 
     One instance is shared by all users of the app: it holds no per-user state, only the
-    embedding cache (thread-safe) and a lock around the model.
+    embedding cache (thread-safe) and `concurrency` model slots: at most that many model calls
+    (encode, predict, score, refine) run at once, the rest wait (the app passes
+    `AppConfig.model_concurrency`, i.e. CORESEG_MODEL_CONCURRENCY; inference does not change the
+    model, so calls may overlap).
     """
 
-    def __init__(self, model, model_version: str, trained: bool = True, cache_size: int = 16):
+    def __init__(self, model, model_version: str, trained: bool = True, cache_size: int = 16,
+                 concurrency: int = 1):
+        if int(concurrency) < 1:
+            raise ValueError(f"model concurrency must be at least 1, not {concurrency}")
         self.model = model
         self.model_version = model_version
         self.trained = trained
         self.cache = EmbeddingCache(cache_size)
-        self._lock = threading.Lock()
+        self.concurrency = int(concurrency)
+        self._slots = threading.BoundedSemaphore(self.concurrency)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "auto") -> "CoreSegPredictor":
+    def from_checkpoint(cls, path, device: str = "auto", concurrency: int = 1) -> "CoreSegPredictor":
         from coreseg.checkpoint import load_or_build
 
         model, info = load_or_build(path, device)
-        return cls(model, info.model_version, info.trained)
+        return cls(model, info.model_version, info.trained, concurrency=concurrency)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.segmenter.mask_decoder.parameters()).device
 
     def _model_context(self):
-        """The model lock, and bf16 autocast on CUDA (fp32 on the CPU)."""
+        """A model slot (one of `concurrency`), and bf16 autocast on CUDA (fp32 on the CPU)."""
         from contextlib import ExitStack
 
         stack = ExitStack()
-        stack.enter_context(self._lock)
+        stack.enter_context(self._slots)
         stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"))
         return stack
 
     def embedding(self, image: np.ndarray) -> torch.Tensor:
-        """The cached image embedding (computed on first use)."""
+        """The cached image embedding; encoding a new image takes a model slot like any model call."""
         key = pixel_key(image, self.model_version)
+        cached = self.cache.get(key)
+        if cached is None:
+            with self._model_context():
+                cached = self._embedding(image, key)
+        return cached
+
+    def _embedding(self, image: np.ndarray, key: str | None = None) -> torch.Tensor:
+        """The cached image embedding, computed on first use (the caller holds a model slot)."""
+        key = key or pixel_key(image, self.model_version)
         cached = self.cache.get(key)
         if cached is None:
             cached = self.model.segmenter.encode(image)
@@ -84,7 +100,7 @@ class CoreSegPredictor:
             raise ValueError("ask a question, e.g. 'Outline the lesion.'")
         height, width = image.shape[:2]
         with self._model_context():
-            embedding = self.embedding(image)
+            embedding = self._embedding(image)
             generator = torch.Generator().manual_seed(int(seed))
             ids, logps = self.model.reasoner.generate(image, embedding, question, n_candidates, temperature, top_p,
                                                       generator)
@@ -97,7 +113,7 @@ class CoreSegPredictor:
         """Masks for given completions (e.g. stored ones, or the ground-truth answer), no sampling."""
         image = to_rgb(image)
         with self._model_context(), torch.no_grad():
-            embedding = self.embedding(image)
+            embedding = self._embedding(image)
             texts = [self.to_image_frame(self.decode_text(c), image.shape[:2]) for c in completions]
             return self._draw(image, embedding, question, completions, [[] for _ in completions], texts, box_prompt,
                               {"forced": True})
@@ -179,7 +195,7 @@ class CoreSegPredictor:
         if box is None:
             box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
         with self._model_context():
-            embedding = self.embedding(image)
+            embedding = self._embedding(image)
             points = None
             if clicks:
                 coords = torch.tensor([frames.points([(x, y) for x, y, _ in clicks], "image", "segmenter")],
