@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtual environment in .venv with the pinned requirements (reused while
-# requirements.txt is unchanged); with --test also Debian's chromium for the browser tests.
+# Set up a fresh machine: a virtual environment in .venv with the pinned runtime requirements (reused
+# while the requirement files are unchanged); with --test also the test tools (requirements-test.txt)
+# and Debian's chromium for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stamp=$(sha256sum requirements.txt | cut -c1-16)
+reqs=requirements.txt
+[ "${1:-}" = "--test" ] && reqs=requirements-test.txt
+stamp=$(cat requirements.txt "$reqs" | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.requirements 2>/dev/null)" != "$stamp" ]; then
   python3 -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$reqs"
   echo "$stamp" > .venv/.requirements
 fi
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then

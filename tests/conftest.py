@@ -32,3 +32,15 @@ def tiny_sft(tmp_path_factory):
               "--epochs", "2", "--batch-size", "3", "--lr", "3e-3", "--decoder-lr", "3e-4", "--val-limit", "2",
               "--hidden", "64", "--layers", "2", "--heads", "2", "--threads", "1"])
     return root, data, cache
+
+
+# Tests that need a training run are `slow` (each takes well over 20 s here), whatever file they are in:
+# the fixtures that make one mark every test that uses them, so a new test on them cannot slip into the fast run.
+SLOW_FIXTURES = ("tiny_sft",)
+
+
+@pytest.hookimpl(tryfirst=True)   # before pytest's own -m selection
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

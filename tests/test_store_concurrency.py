@@ -18,6 +18,7 @@ STRESS_SECONDS = float(os.environ.get("CORESEG_STRESS_SECONDS", "30"))
 WRITERS = 8
 
 
+@pytest.mark.stress
 def test_eight_writer_processes_lose_nothing(tmp_path):
     path = str(tmp_path / "stress.db")
     with FeedbackStore(path) as store:
