@@ -45,7 +45,7 @@ from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.geometry import mask_to_low_res, scale_boxes
 from coreseg.metrics import dice, is_failure
 from coreseg.predictor import CoreSegPredictor
-from trainers.grpo import GRPOConfig, Group, case_index, sample_group, train_groups
+from trainers.grpo_loop import GRPOConfig, Group, case_index, decoder_bf16, sample_group, train_groups
 from trainers.rewards import RewardWeights, score_completions, segment_score
 
 
@@ -175,7 +175,7 @@ def reusable_completion(predictor: CoreSegPredictor, stored: dict, size) -> bool
 
 
 def feedback_groups(cases: list[FeedbackCase], cfg: GRPOConfig, batch_cases: int, seed: int, stats: dict):
-    """`make_groups` for trainers.grpo.train_groups: stored candidates (off-policy) + fresh samples."""
+    """`make_groups` for trainers.grpo_loop.train_groups: stored candidates (off-policy) + fresh samples."""
     order = random.Random(seed).sample(cases, len(cases))
 
     def make(step, predictor, generator):
@@ -261,7 +261,7 @@ def run_rounds(args) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
-                     weights=RewardWeights(human=args.human_weight), bf16_decoder=args.bf16)
+                     weights=RewardWeights(human=args.human_weight), bf16_decoder=decoder_bf16(args.precision))
     base_path = Path(args.base) if args.base else serving_checkpoint(FeedbackStore(args.db, read_only=True))
     results = []
     for k in range(1, args.rounds + 1):
