@@ -30,7 +30,7 @@ from tqdm import tqdm
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.config import ModelConfig, ReasonerConfig
 from coreseg.geometry import LOW_RES, Frames
-from coreseg.metrics import dice
+from coreseg.metrics import dice, mask_box
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
 from trainers.samples import Case, attach_embeddings, load_cases, split_development
@@ -46,10 +46,7 @@ def prompt_mix(targets: list[torch.Tensor], rng: random.Random, image_size: int,
     for target in targets:
         target = target[0, 0].numpy() > 0.5
         ys, xs = np.nonzero(target)
-        if len(xs) == 0:
-            x1, y1, x2, y2 = frames.whole_box("low_res")
-        else:
-            x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        x1, y1, x2, y2 = mask_box(target) or frames.whole_box("low_res")
         w, h = x2 - x1, y2 - y1
         jitter = [rng.uniform(-0.1, 0.1) * d for d in (w, h, w, h)]
         corners = frames.points([(x1 + jitter[0], y1 + jitter[1]), (x2 + jitter[2], y2 + jitter[3])], "low_res",
