@@ -6,7 +6,8 @@ Settings come from the environment (`coreseg.config.AppConfig`): CORESEG_CHECKPO
 model in assets/coreseg-compact, or the untrained compact model until one is trained), CORESEG_DB or
 DATABASE_URL, CORESEG_USERS (users file; see `studio/users.py`), CORESEG_CANDIDATES, CORESEG_MAX_UPLOAD_BYTES,
 CORESEG_MAX_PIXELS, GRADIO_TEMP_DIR (private; uploads are deleted once read), CORESEG_DEVICE,
-CORESEG_MODEL_CONCURRENCY.
+CORESEG_MODEL_CONCURRENCY, CORESEG_ENCODER_BACKEND (auto: the fastest image-encoder runtime that matches
+eager on this machine, see coreseg/modeling/encoder_backend.py; or eager | onnxruntime | openvino).
 
 Named API for `gradio_client` (see studio/API.md): `/predict`, `/refine`, `/submit`, `/session`.
 """
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     studio = demo.coreseg_studio
-    log.info("serving model %s (%s) on %s:%s", studio.predictor.model_version,
-             "trained" if studio.predictor.trained else "UNTRAINED", config.host, config.port)
+    log.info("serving model %s (%s, encoder backend %s) on %s:%s", studio.predictor.model_version,
+             "trained" if studio.predictor.trained else "UNTRAINED", studio.predictor.model.segmenter.encoder_backend,
+             config.host, config.port)
     launch_app(demo)
     return 0
 

@@ -1,10 +1,11 @@
 """Model speed and memory on this machine (CPU, compact profile, a 512-px image).
 
-    python bench/bench_model.py [--checkpoint DIR] [--repeats 5] [--threads 2]
+    python bench/bench_model.py [--checkpoint DIR] [--repeats 5] [--threads 2] [--encoder-backend auto]
 
 Prints a Markdown table: encode; 1 and 4 candidates; one click refinement with the cached
 embedding; peak RSS. Targets (issue 2): refinement ≤ 100 ms median, 4 candidates ≤ 5 s median,
-peak RSS ≤ 3 GB.
+peak RSS ≤ 3 GB. `--encoder-backend` as in the app (auto: the fastest runtime that matches eager here;
+bench/bench_encoder.py compares them all).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--encoder-backend", default="auto", choices=["auto", "eager", "onnxruntime", "openvino"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,6 +45,7 @@ def main() -> None:
     from coreseg.predictor import CoreSegPredictor
 
     predictor = CoreSegPredictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, "cpu")
+    backend = predictor.model.segmenter.use_encoder_backend(args.encoder_backend, args.threads)
     rng = np.random.default_rng(0)
     images = [(rng.random((512, 512, 3)) * 255).astype(np.uint8) for _ in range(args.repeats)]
     it = iter(images)
@@ -58,7 +61,7 @@ def main() -> None:
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     med = lambda xs: statistics.median(xs) * 1000  # noqa: E731
     print(f"model {predictor.model_version} ({'trained' if predictor.trained else 'untrained'}), "
-          f"{args.threads} threads, 512×512 image, {args.repeats} repeats")
+          f"{args.threads} threads, 512×512 image, {args.repeats} repeats, encoder backend {backend}")
     print("| step | median ms | max ms | target |")
     print("|---|---|---|---|")
     print(f"| encode (LiteMedSAM, once per image) | {med(encode):.0f} | {max(encode) * 1000:.0f} | — |")

@@ -120,6 +120,7 @@ class AppConfig:
     temp_dir: str = "data/tmp"
     device: str = "auto"
     model_concurrency: int = 1
+    encoder_backend: str = "auto"        # coreseg.modeling.encoder_backend: auto | eager | onnxruntime | openvino
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -137,6 +138,7 @@ class AppConfig:
             temp_dir=os.environ.get("GRADIO_TEMP_DIR", cls.temp_dir),
             device=os.environ.get("CORESEG_DEVICE", cls.device),
             model_concurrency=_env_int("CORESEG_MODEL_CONCURRENCY", cls.model_concurrency),
+            encoder_backend=os.environ.get("CORESEG_ENCODER_BACKEND", cls.encoder_backend),
         )
 
 

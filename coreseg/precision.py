@@ -4,8 +4,9 @@ On some CPUs (AMX or native AVX-512 BF16) bf16 autocast roughly halves a trainin
 (AVX2 only) it emulates bf16 and was measured 17× slower on the image encoder. `bf16_pays` times a
 small transformer-shaped workload (matmuls, layer norm, GELU) forward and backward in fp32 and under
 bf16 autocast on the device, and says yes only when bf16 is at least `MIN_SPEEDUP` faster. On CUDA
-it asks the driver (`torch.cuda.is_bf16_supported`). The CPU verdict is cached per processor and torch
-version in `~/.cache/coreseg/precision.json`.
+it asks the driver (`torch.cuda.is_bf16_supported`). The CPU verdict is cached per processor, torch
+version and thread count in `$CORESEG_CACHE/precision.json` (default `~/.cache/coreseg`).
+`native_bf16` says whether the processor has bf16 instructions at all (AVX-512 BF16, AMX, Arm BF16).
 """
 from __future__ import annotations
 
@@ -25,20 +26,36 @@ def _cache_path() -> Path:
     return Path(os.environ.get("CORESEG_CACHE", Path.home() / ".cache" / "coreseg")) / "precision.json"
 
 
-def _cpu_key() -> str:
-    model = platform.processor() or platform.machine()
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}   # x86 AVX-512 BF16 / AMX; "bf16" on Arm (Features)
+KEY_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16"}
+
+
+def _cpu_info() -> tuple[str, set[str]]:
+    """(model name, instruction-set flags) from /proc/cpuinfo (the platform's name elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    model += "|" + ",".join(sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags = set(value.split())
                     break
     except OSError:
         pass
-    return f"{model}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    return model, flags
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (without them autocast emulates bf16, slowly)."""
+    return bool(_cpu_info()[1] & NATIVE_BF16_FLAGS)
+
+
+def _cpu_key() -> str:
+    model, flags = _cpu_info()
+    return f"{model}|{','.join(sorted(flags & KEY_FLAGS))}|torch {torch.__version__}|threads {torch.get_num_threads()}"
 
 
 def measure_bf16_speedup(repeats: int = 3) -> float:
@@ -61,13 +78,8 @@ def measure_bf16_speedup(repeats: int = 3) -> float:
     return step(False) / step(True)
 
 
-def bf16_pays(device: torch.device | str = "cpu") -> bool:
-    """True when bf16 autocast is measurably faster than fp32 on `device` (see module notes)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
+def cpu_verdict() -> dict:
+    """{"speedup": fp32 time / bf16 time, "bf16": pays?} for this CPU, measured once and cached."""
     path, key = _cache_path(), _cpu_key()
     try:
         verdicts = json.loads(path.read_text())
@@ -80,7 +92,26 @@ def bf16_pays(device: torch.device | str = "cpu") -> bool:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(verdicts, indent=1))
         os.replace(tmp, path)
-    return bool(verdicts[key]["bf16"])
+    return verdicts[key]
+
+
+def bf16_pays(device: torch.device | str = "cpu") -> bool:
+    """True when bf16 autocast is measurably faster than fp32 on `device` (see module notes)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(cpu_verdict()["bf16"])
+
+
+def add_precision_argument(parser) -> None:
+    """`--precision auto|fp32|bf16` (default auto: bf16 only where `bf16_pays`) and the old `--bf16`
+    flag, kept as an alias of `--precision bf16` so existing commands still run."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 autocast only where it measured faster on this machine (coreseg.precision)")
+    parser.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                        help="alias of --precision bf16")
 
 
 def use_bf16(precision: str, device: torch.device | str = "cpu") -> bool:

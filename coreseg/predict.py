@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("--axis", type=int, default=2, help="NIfTI axis (0 sagittal, 1 coronal, 2 axial)")
     parser.add_argument("--window", default=None, help="CT window preset (brain, soft_tissue, liver, lung, bone)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--encoder-backend", default="auto", choices=["auto", "eager", "onnxruntime", "openvino"],
+                        help="image-encoder runtime (auto: the fastest that matches eager here)")
     args = parser.parse_args(argv)
 
     import torch
@@ -49,7 +51,8 @@ def main(argv=None) -> int:
     except ScanError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    predictor = CoreSegPredictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, args.device)
+    predictor = CoreSegPredictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, args.device,
+                                                 encoder_backend=args.encoder_backend)
     temperature = args.temperature if args.temperature is not None else (0.0 if args.candidates == 1 else 0.7)
     candidates = predictor.predict(scan.display, args.question, args.candidates, temperature=temperature,
                                    seed=args.seed)

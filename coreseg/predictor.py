@@ -52,10 +52,14 @@ class CoreSegPredictor:
         self._slots = threading.BoundedSemaphore(self.concurrency)
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = "auto", concurrency: int = 1) -> "CoreSegPredictor":
+    def from_checkpoint(cls, path, device: str = "auto", concurrency: int = 1,
+                        encoder_backend: str = "eager") -> "CoreSegPredictor":
+        """`encoder_backend`: how the frozen image encoder runs (`coreseg.modeling.encoder_backend`;
+        "auto" = the fastest runtime that matches eager on this machine, eager on CUDA)."""
         from coreseg.checkpoint import load_or_build
 
         model, info = load_or_build(path, device)
+        model.segmenter.use_encoder_backend(encoder_backend)
         return cls(model, info.model_version, info.trained, concurrency=concurrency)
 
     @property

@@ -126,7 +126,8 @@ class Studio:
         if predictor is None:
             from coreseg.predictor import CoreSegPredictor
 
-            predictor = CoreSegPredictor.from_checkpoint(config.checkpoint, config.device)
+            predictor = CoreSegPredictor.from_checkpoint(config.checkpoint, config.device,
+                                                         encoder_backend=config.encoder_backend)
         self._predictor = predictor
         checkpoint = config.checkpoint if Path(config.checkpoint).exists() else None
         self._register_version(predictor, checkpoint)
@@ -857,7 +858,8 @@ def serve_model(studio: Studio, user: User, name: str) -> str:
     if not path or not Path(path).exists():
         raise StudioError(f"model version {name!r} has no checkpoint on this machine")
     try:
-        predictor = CoreSegPredictor.from_checkpoint(path, studio.config.device)
+        predictor = CoreSegPredictor.from_checkpoint(path, studio.config.device,
+                                                     encoder_backend=studio.config.encoder_backend)
     except Exception as exc:
         log.exception("loading model version failed")
         raise StudioError(f"could not load {name!r}: {exc}") from None

@@ -33,6 +33,7 @@ from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice, mask_box
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
+from coreseg.precision import add_precision_argument, use_bf16
 from trainers.samples import Case, attach_embeddings, load_cases, split_development
 
 
@@ -135,7 +136,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--decoder-lr", type=float, default=1e-4)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU too: about 2× faster)")
+    add_precision_argument(parser)   # --precision auto|fp32|bf16 (bf16 only where measured faster); --bf16 alias
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -157,6 +158,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     # the decoder's IoU head (and, per batch, the prompt paths) get no gradient from this loss
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    bf16 = use_bf16(args.precision, accelerator.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets = args.sets.split(",")
@@ -230,7 +232,7 @@ def main(argv=None) -> None:
                 group["lr"] = learning_rate(step) * group["scale"]
             questions, completions, targets = encode_batch(core, batch, rng)
             boxes, points = prompt_mix(list(targets[:, None]), rng, image_size, args.prompt_share)
-            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
                 result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),
                                questions, completions, targets.to(accelerator.device),
                                boxes=None if boxes is None else boxes.to(accelerator.device),
