@@ -147,6 +147,7 @@ def main(argv=None) -> None:
                         "held out as the development set that chooses checkpoints (never the reported val split)")
     parser.add_argument("--composites", type=int, default=0, help="mix in up to N cached training composites "
                         "(python -m trainers.composites; needs --cache)")
+    parser.add_argument("--composite-repeats", type=int, default=2, help="draws of each composite per epoch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true")
@@ -177,9 +178,13 @@ def main(argv=None) -> None:
 
             if not args.cache:
                 parser.error("--composites needs --cache")
-            cases += load_composite_cases(args.cache, "train", args.composites)
+            composites, dev_composites = split_development(load_composite_cases(args.cache, "train", args.composites),
+                                                           args.dev_every)
         cases, val = split_development(cases, args.dev_every)
-        val = val[::max(1, len(val) // max(1, args.val_limit))][:args.val_limit]  # singles and composites
+        val = val[::max(1, len(val) // max(1, args.val_limit))][:args.val_limit]
+        if args.composites:  # each composite is drawn `composite_repeats` times an epoch, each time another question
+            cases += composites * args.composite_repeats
+            val += dev_composites[:max(1, args.val_limit // 4)]
     else:
         parser.error("give --data (labelled images) or --db (feedback)")
     if not cases:
