@@ -2,6 +2,10 @@
 
     python app.py                 # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT), offline
 
+Offline by default on a laptop (HF_HUB_OFFLINE=1: the embedded model needs no hub). On a Hugging Face
+Space (SPACE_ID is set), or when the configured checkpoint's model is a hub id (the full profile's
+Qwen2.5-VL by name), the hub is not forced off, so the weights can be fetched.
+
 Settings come from the environment (`coreseg.config.AppConfig`): CORESEG_CHECKPOINT (default: the compact
 model in assets/coreseg-compact, or the untrained compact model until one is trained), CORESEG_DB or
 DATABASE_URL, CORESEG_USERS (users file; see `studio/users.py`), CORESEG_CANDIDATES, CORESEG_MAX_UPLOAD_BYTES,
@@ -17,9 +21,33 @@ import logging
 import os
 import sys
 
-# No analytics, no version check, no hub calls: set before gradio is imported anywhere.
+# No analytics, no version check, no telemetry; no hub calls unless the model must come from the hub.
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-for _key, _value in OFFLINE_ENV.items():
+
+
+def needs_hub(environ=os.environ) -> bool:
+    """Whether the hub must stay reachable: on a Space, or when the checkpoint's model is a hub id
+    (a `pretrained` that is no folder on this machine)."""
+    if environ.get("SPACE_ID"):
+        return True
+    from pathlib import Path
+
+    checkpoint = Path(environ.get("CORESEG_CHECKPOINT") or Path(__file__).resolve().parent / "assets" / "coreseg-compact")
+    try:
+        import json
+
+        reasoner = json.loads((checkpoint / "coreseg.json").read_text())["config"]["reasoner"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return reasoner.get("kind") != "compact" and not Path(str(reasoner.get("pretrained", ""))).exists()
+
+
+def offline_env(environ=os.environ) -> dict[str, str]:
+    """The settings to apply: OFFLINE_ENV, without HF_HUB_OFFLINE when `needs_hub`."""
+    return {k: v for k, v in OFFLINE_ENV.items() if not (k == "HF_HUB_OFFLINE" and needs_hub(environ))}
+
+
+for _key, _value in offline_env().items():  # set before gradio (or huggingface_hub) is imported anywhere
     os.environ.setdefault(_key, _value)
 
 from coreseg.config import AppConfig  # noqa: E402
@@ -62,7 +90,7 @@ def launch_app(demo, **overrides):
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in OFFLINE_ENV.items():
+    for key, value in offline_env().items():
         os.environ[key] = value
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,8 +1,9 @@
 """Checkpoints: one versioned folder for both profiles.
 
     coreseg.json            format, format_version, model_version, config, trained, parent, metrics
-    trainable.safetensors   LoRA or compact reasoner, adapter, mask decoder
-    tokenizer/              compact profile only
+    trainable.safetensors   LoRA and the answer tokens' embedding rows, or the compact reasoner; adapter,
+                            mask decoder
+    tokenizer/              the reasoner's tokenizer with the answer tags (loads with AutoTokenizer)
 
 Base weights (LiteMedSAM's encoder, Qwen2.5-VL, a SAM .pth) are not copied: the config says where
 they come from.
@@ -72,8 +73,7 @@ def save_checkpoint(model, path: str | Path, model_version: str, trained: bool =
     tmp.mkdir(parents=True)
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.trainable_state_dict().items()}
     save_file(state, str(tmp / "trainable.safetensors"))
-    if model.config.reasoner.kind == "compact":
-        model.reasoner.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    model.reasoner.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_version": model_version, "trained": trained,
             "parent": parent, "metrics": metrics or {}, "config": model.config.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -105,13 +105,13 @@ def load_checkpoint(path: str | Path, device: str = "auto"):
     path = existing_checkpoint(path)
     info = read_info(path)
     tokenizer = None
-    if info.config.reasoner.kind == "compact":
-        from transformers import PreTrainedTokenizerFast
+    tok_dir = Path(path) / "tokenizer"
+    if tok_dir.is_dir():
+        from transformers import AutoTokenizer
 
-        tok_dir = Path(path) / "tokenizer"
-        if not tok_dir.is_dir():
-            raise CheckpointError(f"{path} is a compact checkpoint without its tokenizer/ folder")
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    elif info.config.reasoner.kind == "compact":
+        raise CheckpointError(f"{path} is a compact checkpoint without its tokenizer/ folder")
     model = CoreSeg.build(info.config, tokenizer=tokenizer)
     weights = Path(path) / "trainable.safetensors"
     if not weights.is_file():

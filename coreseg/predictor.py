@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import torch
 
-from coreseg.answer import ANSWER_CLOSE, parse_answer, render_answer
+from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.candidate import Candidate
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.geometry import Frames
@@ -126,22 +126,21 @@ class CoreSegPredictor:
         height, width = image.shape[:2]
         _, hidden = self.model.reasoner.forward_completions([image] * len(ids), embedding.expand(len(ids), -1, -1, -1),
                                                             [question] * len(ids), ids)
-        probe = self.model.probe(hidden, ids)
-        boxes = None
-        if box_prompt:
-            boxes = self._prompt_boxes(texts, (height, width))
-        low_res, scores = self.model.segmenter.decode(embedding, probe=probe, boxes=boxes)
+        boxes = self._prompt_boxes(texts, (height, width)) if box_prompt else None
+        masks = self.model.decode_masks(embedding, hidden, ids, boxes=boxes)  # no <seg>: no probe, empty mask
+        low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]
         return [Candidate(text=texts[i], mask=self._answer_mask(texts[i], low_res[i], height, width),
                           mask_score=float(scores[i, 0]), token_ids=list(ids[i]), token_logprobs=list(logps[i]),
-                          probe=probe[i].float().cpu().numpy(),
+                          probe=None if probes[i] is None else probes[i].float().cpu().numpy(),
                           model_version=self.model_version, sampling={**sampling, "index": i}, trained=self.trained)
                 for i in range(len(ids))]
 
     @staticmethod
     def _answer_mask(text: str, low_res: torch.Tensor, height: int, width: int) -> np.ndarray:
-        """The mask an answer stands for: empty when it says the target is absent."""
+        """The mask an answer stands for: empty when it says the target is absent, or has no `<seg>`
+        (unparsable: no probe, a failure)."""
         answer = parse_answer(text, (height, width)).answer
-        if answer is not None and not answer.present:
+        if (answer is not None and not answer.present) or SEG_TOKEN not in text:
             return np.zeros((height, width), dtype=bool)
         return Frames((height, width)).mask(low_res)
 

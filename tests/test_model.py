@@ -142,7 +142,8 @@ def test_compact_sft_step_updates_trainable_and_keeps_frozen_bitwise():
 def test_full_profile_tiny_weights_load_predict_train_and_checkpoint(tiny_full_config, tmp_path):
     model = CoreSeg.build(tiny_full_config).eval()
     lora = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("reasoner.")]
-    assert lora and all("lora_" in n for n in lora), "only LoRA weights of the reasoner train"
+    assert lora and all("lora_" in n or "trainable_tokens_delta" in n for n in lora), \
+        "only LoRA weights and the answer tokens' rows of the reasoner train"
     predictor = CoreSegPredictor(model, "tiny-full")
     image, truth = lesion_image(120, 160, (60, 80), (20, 30))
     candidates = predictor.predict(image, "Outline the lesion.", n_candidates=2, seed=1)

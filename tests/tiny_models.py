@@ -13,26 +13,42 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                "<|video_pad|>", "<think>", "</think>", "<answer>", "</answer>", "<seg>"]
+                "<|video_pad|>"]  # Qwen2.5-VL's own; the answer tags are NOT among them: the project adds those
+CORPUS = ["The lesion is located at [[1, 2, 3, 4]]. The mask is <seg>. Outline the mass.",
+          "<think> A dark oval region. </think><answer> The lesion is located at [[10, 20, 30, 40]]. </answer>"]
+
+
+def tiny_qwen2_tokenizer():
+    """A byte-level BPE trained here and wrapped in transformers' real `Qwen2Tokenizer` (Qwen2's
+    normaliser and regex + ByteLevel pre-tokenizer), with Qwen2.5-VL's special tokens only."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", additional_special_tokens=QWEN_SPECIAL[1:])
+    return tokenizer
 
 
 def save_tiny_qwen2_5_vl(folder: Path) -> Path:
     """A ≈1 M-parameter Qwen2.5-VL with its processor, saved like a hub snapshot."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                              Qwen2_5_VLProcessor, Qwen2VLImageProcessor)
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor)
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     folder = Path(folder)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["The lesion is located at [[1, 2, 3, 4]]. The mask is <seg>. Outline the mass."],
-                            trainers.BpeTrainer(vocab_size=400, special_tokens=QWEN_SPECIAL,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        additional_special_tokens=QWEN_SPECIAL[1:])
+    tokenizer = tiny_qwen2_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
     config = Qwen2_5_VLConfig(

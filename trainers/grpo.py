@@ -42,11 +42,12 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
     order = random.Random(seed).sample(cases, len(cases))
 
     def make(step, predictor, generator):
-        rng = random.Random(seed * 7919 + step)
         groups = []
         for j in range(batch_cases):
-            case = order[case_index(step, j, batch_cases) % len(order)]
+            index = case_index(step, j, batch_cases)
+            case = order[index % len(order)]
             frame = predictor.model.config.box_frame
+            rng = random.Random(f"{seed}-{step}-{index}")  # per case: the same wording however processes split a step
             sample = case.sample(rng, frame)
             ids, logps = sample_group(predictor, case.image, case.embedding, sample.question, cfg, generator)
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps))

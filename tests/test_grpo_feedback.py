@@ -1,0 +1,126 @@
+"""Issue 10, GRPO on feedback: the human term compares stored candidates among themselves (fresh samples
+get none and no bias), stored candidates are re-scored with their own temperature and top-p, groups of
+unequal size train, ranks may tie, and `--db` without `--base` starts from the serving model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from coreseg.answer import render_answer
+from coreseg.config import ModelConfig, ReasonerConfig
+from coreseg.modeling.core_seg import CoreSeg
+from coreseg.predictor import CoreSegPredictor
+from trainers.grpo import GRPOConfig, Group, _advantages, _token_logps, grpo_loss, relative_human_term
+from trainers.rewards import RewardWeights, score_completions
+
+SMALL = ReasonerConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_new_tokens=12)
+TEXT = render_answer("A dark oval region.", "lesion", [(10, 10, 60, 50)])
+WEIGHTS = RewardWeights(human=0.5)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    model = CoreSeg.build(ModelConfig(reasoner=SMALL), pretrained_segmenter=False).eval()
+    return CoreSegPredictor(model, "tiny-compact")
+
+
+def _rows(ranks):
+    n = len(ranks)
+    truth = np.zeros((256, 256), bool)
+    truth[10:50, 10:60] = True
+    return score_completions(["Q"] * n, [TEXT] * n, WEIGHTS, image_size=[(256, 256)] * n,
+                             gt_boxes=[[(10, 10, 60, 50)]] * n, gt_mask=[truth] * n, pred_mask=[truth] * n,
+                             human_rank=ranks, human_rating=[None] * n, group_id=[0] * n)
+
+
+def test_identical_fresh_and_stored_completions_get_no_advantage_from_their_origin():
+    """8 identical completions, 4 stored (ranked 1…4), 4 fresh: the fresh ones sit at the stored mean."""
+    rows = _rows([1, 2, 3, 4, None, None, None, None])
+    biased, _, _ = _advantages([[r["total"] for r in rows]], "group")
+    assert biased[0][4] < -0.5, "without the fix every fresh sample is pushed down"
+    fair, keep, _ = _advantages([[r["total"] for r in relative_human_term(rows, WEIGHTS.human)]], "group")
+    assert keep == [True]
+    assert np.allclose(fair[0][4:], 0.0, atol=1e-6)
+    assert fair[0][0] > fair[0][1] > 0 > fair[0][2] > fair[0][3]
+    assert fair[0][:4].sum() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ranked_ties_score_equal():
+    rows = relative_human_term(_rows([1, 1, 3]), WEIGHTS.human)
+    assert rows[0]["human"] == rows[1]["human"] > rows[2]["human"]
+    adv, _, _ = _advantages([[r["total"] for r in rows]], "group")
+    assert adv[0][0] == pytest.approx(adv[0][1]) and adv[0][0] > 0 > adv[0][2]
+    all_tied = relative_human_term(_rows([2, 2, 2]), WEIGHTS.human)
+    assert len({r["total"] for r in all_tied}) == 1
+
+
+def _group(predictor, n, seed, temperature=1.0, top_p=1.0):
+    torch.manual_seed(seed)
+    embedding = torch.randn(1, 256, 64, 64)
+    ids, logps = predictor.model.reasoner.generate(None, embedding, "Outline the lesion.", n, temperature, top_p,
+                                                   torch.Generator().manual_seed(seed))
+    target = torch.zeros(1, 1, 256, 256)
+    target[..., 40:120, 60:160] = 1
+    return Group(None, embedding, target, [(60, 40, 160, 120)], "Outline the lesion.", ids, logps,
+                 sampling=[(temperature, top_p)] * n)
+
+
+def test_groups_of_unequal_size_train(predictor):
+    model = predictor.model
+    groups = [_group(predictor, 3, 1), _group(predictor, 4, 2)]
+    loss, stats = grpo_loss(model, None, groups, GRPOConfig(beta=0.0), predictor)
+    assert torch.isfinite(loss) and 0.0 <= stats["frac_zero_std"] <= 1.0
+    if loss.requires_grad:
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def test_stored_candidates_are_rescored_with_their_own_temperature_and_top_p(predictor):
+    from trainers.feedback import FeedbackCase, feedback_groups
+
+    image = np.full((80, 100, 3), 150, np.uint8)
+    image[20:50, 30:70] = 40
+    mask = image[:, :, 0] < 100
+    stored = predictor.predict(image, "Outline the lesion.", 2, temperature=0.7, top_p=0.95, seed=3)
+    case = FeedbackCase(1, 1, "Outline the lesion.", image, mask, "lesion", "", [
+        {"text": c.text, "token_ids": c.token_ids, "token_logprobs": c.token_logprobs, "rank": r, "rating": None,
+         "temperature": c.sampling["temperature"], "top_p": c.sampling["top_p"]} for c, r in zip(stored, (1, 2))])
+    case.stored.append({**case.stored[0], "temperature": None})  # no recorded distribution: not reusable
+    stats: dict = {}
+    cfg = GRPOConfig(group_size=2, temperature=1.0, top_p=1.0)
+    (group,) = feedback_groups([case], cfg, 1, 0, stats)(0, predictor, torch.Generator().manual_seed(0))
+    assert stats == {"stored_used": 2, "stored_unusable": 1}
+    assert group.sampling == [(0.7, 0.95)] * 2 + [(1.0, 1.0)] * 2
+    assert group.columns["human_rank"] == [1, 2, None, None]
+    n = len(group.completions)
+    with torch.no_grad():
+        logits, _ = predictor.model.reasoner.forward_completions([image] * n, group.embedding.expand(n, -1, -1, -1),
+                                                                 [group.question] * n, group.completions)
+    for i in range(n):
+        t, p = group.sampling_of(i, cfg)
+        ratio = torch.exp(_token_logps(logits[i], group.completions[i], t, p) - torch.tensor(group.old_logps[i]))
+        assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3), (i, ratio)
+    wrong = torch.exp(_token_logps(logits[0], group.completions[0], 1.0) - torch.tensor(group.old_logps[0]))
+    assert not torch.allclose(wrong, torch.ones_like(wrong), atol=1e-2), "T = 1 re-scoring would be off-policy"
+
+
+@pytest.mark.slow
+def test_db_without_base_starts_from_the_serving_model(predictor, tmp_path):
+    from annotation.store import FeedbackStore
+    from coreseg.checkpoint import save_checkpoint
+    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.datasets import load_split
+    from fake_data import make_busbra
+    from trainers.feedback import serving_checkpoint
+    from trainers.simulate import simulate
+
+    store = FeedbackStore(tmp_path / "fb.db")
+    assert serving_checkpoint(store) == DEFAULT_CHECKPOINT  # nothing collected yet: the shipped model
+    checkpoint = save_checkpoint(predictor.model, tmp_path / "serving", "v-serving")
+    store.add_model_version("v-serving", checkpoint)
+    serving = CoreSegPredictor(predictor.model, "v-serving")
+    data = make_busbra(tmp_path / "data", n=4)
+    simulate(serving, store, load_split(data, "busbra", "all")[:2], n_candidates=2)
+    assert serving_checkpoint(store) == checkpoint
