@@ -172,7 +172,7 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=device)
     mask = torch.stack(mask_losses).mean() if mask_losses else torch.zeros((), device=device)
     loss = policy + cfg.mask_weight * mask
-    stats = {"reward": float(np.mean(all_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
+    stats = {"reward": float(np.mean([r for rewards in all_rewards for r in rewards])),  # groups may differ in size "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
              "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
              "frac_zero_std": frac_zero_std, "dice": float(np.mean(dices))}
     for term in ("format", "detect", "segment", "human"):
@@ -241,7 +241,7 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     model.to(accelerator.device)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
-    reference = ReferencePolicy(model) if cfg.beta > 0 else None  # the base, also when resuming
+    reference = ReferencePolicy(model) if cfg.beta > 0 else None  # the start (SFT) policy, also when resuming
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
     start = 0
     if resume and state_file.exists():
