@@ -172,7 +172,8 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=device)
     mask = torch.stack(mask_losses).mean() if mask_losses else torch.zeros((), device=device)
     loss = policy + cfg.mask_weight * mask
-    stats = {"reward": float(np.mean([r for rewards in all_rewards for r in rewards])),  # groups may differ in size "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
+    flat_rewards = [r for rewards in all_rewards for r in rewards]  # groups may differ in size
+    stats = {"reward": float(np.mean(flat_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
              "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
              "frac_zero_std": frac_zero_std, "dice": float(np.mean(dices))}
     for term in ("format", "detect", "segment", "human"):
