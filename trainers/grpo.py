@@ -49,7 +49,8 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             frame = predictor.model.config.box_frame
             rng = random.Random(f"{seed}-{step}-{index}")  # per case: the same wording however processes split a step
             sample = case.sample(rng, frame)
-            ids, logps = sample_group(predictor, case.image, case.embedding, sample.question, cfg, generator)
+            embedding = case.embedding.to(predictor.device)
+            ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps))
         return groups
 

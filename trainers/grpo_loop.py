@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +126,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     frame = model.config.box_frame
     all_rewards, stats_rows, pg_terms, kl_terms, mask_losses, dices = [], [], [], [], [], []
     per_group = []
+    device = next(model.segmenter.mask_decoder.parameters()).device
     for g in groups:
+        g = replace(g, embedding=g.embedding.to(device), target=g.target.to(device))  # cases may live on the CPU
         n = len(g.completions)
         images, embeddings, questions = [g.image] * n, g.embedding.expand(n, -1, -1, -1), [g.question] * n
         ref_logits = (reference.logits(images, embeddings, questions, g.completions)
@@ -168,7 +170,6 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
                 pg = pg + cfg.beta * kl
             pg_terms.append(pg.sum())
             tokens += len(ids)
-    device = groups[0].embedding.device
     policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=device)
     mask = torch.stack(mask_losses).mean() if mask_losses else torch.zeros((), device=device)
     loss = policy + cfg.mask_weight * mask
