@@ -85,7 +85,9 @@ def validate(model: CoreSeg, cases: list[Case], batch_size: int, seed: int = 0) 
     for i in range(0, len(cases), batch_size):
         batch = cases[i:i + batch_size]
         questions, completions, targets = encode_batch(model, batch, rng)
-        out = model([c.image for c in batch], torch.cat([c.embedding for c in batch]), questions, completions, targets)
+        device = next(model.segmenter.mask_decoder.parameters()).device  # cases live on the CPU
+        out = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(device), questions, completions,
+                    targets.to(device))
         lm.append(float(out["lm"]))
         pred = (out["mask_logits"] > 0)[:, 0].cpu().numpy()
         target = torch.nn.functional.interpolate(targets, size=pred.shape[-2:]) > 0.5
