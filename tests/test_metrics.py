@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from coreseg.metrics import (aggregate, box_iou, detect_score, dice, iou, mask_box, mask_giou, match_boxes,
-                             score_sample)
+from coreseg.metrics import (aggregate, box_iou, detect_score, dice, iou, mask_box, mask_giou, mask_wasserstein,
+                             match_boxes, score_sample, soft_box_f1)
 
 
 def rect(shape, x1, y1, x2, y2):
@@ -113,3 +113,36 @@ def test_aggregate_and_failure_rate():
     assert agg["dice"] == pytest.approx(2 / 3)
     assert agg["box_f1"] == pytest.approx(1 / 3)
     assert np.isnan(aggregate([])["dice"])
+
+
+def test_soft_box_f1_is_smooth_and_strict():
+    truth = [(0, 0, 10, 10)]
+    assert soft_box_f1(truth, truth) == 1.0
+    shifted = [soft_box_f1([(k, 0, 10 + k, 10)], truth) for k in range(6)]
+    assert all(a > b for a, b in zip(shifted, shifted[1:]))      # every pixel of shift costs: no cliff at IoU 0.5
+    assert shifted[5] == pytest.approx(50 / 150)                  # IoU 1/3, 2·(1/3)/2
+    assert soft_box_f1([(0, 0, 10, 10), (50, 50, 60, 60)], truth) == pytest.approx(2 / 3)
+    assert soft_box_f1(truth * 100, truth) == pytest.approx(2 / 101)
+    assert soft_box_f1(truth, truth, rejected=1) == pytest.approx(2 / 3)   # a refused box is a prediction
+    assert soft_box_f1([(0, 0, 100, 100)], truth) == pytest.approx(0.01)  # whole-image box on a 1 % lesion
+    assert soft_box_f1([], truth) == 0.0
+
+
+def test_soft_box_f1_empty_target_rule():
+    assert soft_box_f1([], []) == 1.0
+    assert soft_box_f1([(0, 0, 1, 1)], []) == 0.0
+    assert soft_box_f1([], [], rejected=1) == 0.0
+
+
+def test_mask_wasserstein_sees_position_and_size():
+    big = (64, 64)
+    lesion = rect(big, 20, 20, 30, 30)
+    assert mask_wasserstein(lesion, lesion) == pytest.approx(0.0, abs=1e-9)
+    assert mask_wasserstein(rect(big, 27, 20, 37, 30), lesion) == pytest.approx(7.0)   # same shape: centre distance
+    assert mask_wasserstein(rect(big, 15, 15, 35, 35), lesion) == pytest.approx(10 * np.sqrt(2 / 12))  # concentric
+    whole = np.ones(big, bool)
+    near_miss = rect(big, 34, 20, 44, 30)  # correctly sized, 4 px gap
+    assert mask_wasserstein(near_miss, lesion) < mask_wasserstein(whole, lesion)
+    assert mask_wasserstein(lesion, np.zeros(big, bool)) == float("inf")
+    with pytest.raises(ValueError):
+        mask_wasserstein(lesion, np.zeros((3, 3), bool))
