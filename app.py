@@ -80,6 +80,12 @@ def launch_kwargs(demo, **overrides) -> dict:
     if studio.users is not None and studio.users.has_passwords:
         kwargs["auth"] = studio.users.authenticate
         kwargs["auth_message"] = "CORE-Seg Studio: sign in with the account your admin gave you."
+    from starlette.middleware import Middleware
+
+    from studio.guard import Guard
+
+    # per-person file access and per-client sign-in throttling, before Gradio sees the request
+    kwargs["app_kwargs"] = {"middleware": [Middleware(Guard, studio=studio)]}
     kwargs.update(overrides)
     return kwargs
 

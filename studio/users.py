@@ -27,12 +27,18 @@ import json
 import os
 import secrets
 import sys
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 ROLES = ("annotator", "reviewer", "admin")
 LOCAL_USER = "local"
 DEFAULT_ITERATIONS = 200_000
+MAX_FAILURES = 5                 # wrong passwords per name (or per client) within the window …
+FAILURE_WINDOW_S = 300.0         # … after which sign-in is refused until the window has passed
+MAX_PASSWORD_CHARS = 1024
 
 # What each role may do; an admin has every role.
 PERMISSIONS = {
@@ -79,8 +85,44 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(digest.hex(), expected)
 
 
+class SignInThrottle:
+    """Failed sign-ins per key (a user name, a client address) in a sliding window; bounded and thread-safe.
+    Once a key has MAX_FAILURES failures in the window, sign-in is refused for it, right password or not."""
+
+    def __init__(self, max_failures: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S, max_keys: int = 10_000):
+        self.max_failures, self.window_s, self.max_keys = max_failures, window_s, max_keys
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def blocked(self, key: str) -> bool:
+        with self._lock:
+            return len(self._recent(key, time.monotonic())) >= self.max_failures
+
+    def fail(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            times = self._recent(key, now)
+            self._failures[key] = times + [now]
+            self._failures.move_to_end(key)
+            while len(self._failures) > self.max_keys:
+                self._failures.popitem(last=False)
+
+    def succeed(self, key: str) -> None:
+        with self._lock:
+            self._failures.pop(key, None)
+
+
 class UserDirectory:
-    """The users file, read once at start-up (immutable afterwards: safe to share between sessions)."""
+    """The users file, read once at start-up. The entries never change afterwards; the sign-in throttle
+    (failed attempts per name) is the one thing that does, behind its own lock."""
 
     def __init__(self, entries: list[dict]):
         users: dict[str, dict] = {}
@@ -96,6 +138,12 @@ class UserDirectory:
                 raise ValueError(f"user {name!r} appears twice in the users file")
             users[name] = {"name": name, "role": role, "password_hash": entry.get("password_hash")}
         self._users = users
+        self.throttle = SignInThrottle()
+        # unknown names are checked against a hash of the same cost as the real ones: no timing tells them apart
+        costs = [int(e["password_hash"].split("$")[1]) for e in users.values()
+                 if e["password_hash"] and e["password_hash"].count("$") == 3
+                 and e["password_hash"].split("$")[1].isdigit()]
+        self._dummy_hash = hash_password(secrets.token_hex(8), max(costs) if costs else DEFAULT_ITERATIONS)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "UserDirectory":
@@ -111,12 +159,19 @@ class UserDirectory:
         return cls(entries)
 
     def authenticate(self, name: str, password: str) -> bool:
-        """Gradio's `auth` callable."""
-        entry = self._users.get(str(name or "").strip())
-        if entry is None or not entry["password_hash"]:
-            verify_password(password or "", hash_password("x", 1000))  # similar work either way
+        """Gradio's `auth` callable: the same work for known and unknown names; refused while throttled."""
+        name, password = str(name or "").strip()[:200], str(password or "")[:MAX_PASSWORD_CHARS]
+        entry = self._users.get(name)
+        encoded = entry["password_hash"] if entry is not None and entry["password_hash"] else self._dummy_hash
+        ok = verify_password(password, encoded) and entry is not None and bool(entry["password_hash"])
+        key = "name:" + name
+        if self.throttle.blocked(key):
             return False
-        return verify_password(password or "", entry["password_hash"])
+        if ok:
+            self.throttle.succeed(key)
+        else:
+            self.throttle.fail(key)
+        return ok
 
     def role(self, name: str) -> str | None:
         entry = self._users.get(name)

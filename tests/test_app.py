@@ -15,7 +15,7 @@ from PIL import Image
 
 from coreseg.config import AppConfig
 from studio import handlers as h
-from studio import overlay
+from studio import inputs, overlay, scans
 from studio.session import Correction, Session
 from studio.users import AccessDenied, User, UserDirectory, hash_password, resolve_user, verify_password
 
@@ -144,23 +144,29 @@ def test_users_file_passwords_and_roles(tmp_path):
 
 
 def test_api_inputs_are_validated_with_clear_messages():
-    assert h.parse_clicks("[[10, 20, 1], [5, 6, 0]]", 64, 64) == [(10, 20, 1), (5, 6, 0)]
-    assert h.parse_clicks([{"x": 3, "y": 4, "label": 0}], 64, 64) == [(3, 4, 0)]
+    assert inputs.parse_clicks("[[10, 20, 1], [5, 6, 0]]", 64, 64) == [(10, 20, 1), (5, 6, 0)]
+    assert inputs.parse_clicks([{"x": 3, "y": 4, "label": 0}], 64, 64) == [(3, 4, 0)]
     with pytest.raises(h.StudioError, match="outside the 64×64 scan"):
-        h.parse_clicks("[[70, 1, 1]]", 64, 64)
+        inputs.parse_clicks("[[70, 1, 1]]", 64, 64)
     with pytest.raises(h.StudioError, match="label"):
-        h.parse_clicks("[[1, 1, 5]]", 64, 64)
+        inputs.parse_clicks("[[1, 1, 5]]", 64, 64)
     with pytest.raises(h.StudioError, match="not valid JSON"):
-        h.parse_clicks("[[1, 1", 64, 64)
-    assert h.parse_box("[50, 40, 10, 5]", 64, 64) == (10, 5, 50, 40)
-    assert h.parse_box("", 64, 64) is None
+        inputs.parse_clicks("[[1, 1", 64, 64)
+    with pytest.raises(h.StudioError, match="at most 64"):
+        inputs.parse_clicks([[1, 1, 1]] * 65, 64, 64)
+    assert inputs.parse_box("[50, 40, 10, 5]", 64, 64) == (10, 5, 50, 40)
+    assert inputs.parse_box("", 64, 64) is None
     with pytest.raises(h.StudioError, match="empty or outside"):
-        h.parse_box([70, 70, 80, 80], 64, 64)
-    assert h.parse_ranking('{"3": 1, "4": 1, "5": 2}') == {3: 1, 4: 1, 5: 2}          # ties kept
-    assert h.parse_ranking([{"candidate": 3, "rank": 2}]) == {3: 2}                     # Argilla's shape
-    assert h.parse_ratings('{"3": {"correctness": 4, "completeness": null}}') == {3: {"correctness": 4}}
+        inputs.parse_box([70, 70, 80, 80], 64, 64)
+    assert inputs.parse_ranking('{"3": 1, "4": 1, "5": 2}') == {3: 1, 4: 1, 5: 2}          # ties kept
+    assert inputs.parse_ranking([{"candidate": 3, "rank": 2}]) == {3: 2}                     # Argilla's shape
+    assert inputs.parse_ratings('{"3": {"correctness": 4, "completeness": null}}') == {3: {"correctness": 4}}
     with pytest.raises(h.StudioError, match="whole number"):
-        h.parse_ranking('{"3": 1.5}')
+        inputs.parse_ranking('{"3": 1.5}')
+    assert inputs.candidate_count(None, 4) == 4 and inputs.candidate_count("", 4) == 4
+    for bad in (0, -1, 9, "0"):                                                            # n = 0 is an error, not 4
+        with pytest.raises(h.StudioError, match="1 to 8"):
+            inputs.candidate_count(bad, 4)
 
 
 def test_mask_png_round_trip_and_size_check(tmp_path):
@@ -177,38 +183,36 @@ def test_volumes_slices_windows_and_examples_through_the_handlers(tmp_path):
     """A NIfTI volume offers slices along three axes; a CT DICOM offers window presets and a custom level/width;
     the bundled examples open with their modality's suggested questions. No model needed."""
 
-    class NoModelStudio:   # what open_scan/reslice use of Studio
-        config = AppConfig(max_pixels=40_000_000)
-
-    studio, session = NoModelStudio(), Session()
+    config, reader, session = AppConfig(max_pixels=40_000_000), scans.UploadReader(2**30), Session()
     volume = np.arange(5 * 6 * 7, dtype=np.int16).reshape(5, 6, 7)
     path = tmp_path / "vol.nii.gz"
     nib.save(nib.Nifti1Image(volume, np.diag([0.5, 0.5, 2.0, 1.0])), path)
-    h.open_scan(studio, session, path, delete_upload=False)
+    scans.open_into(config, reader, session, path, delete_upload=False)
     assert session.info["n_slices"] == [5, 6, 7] and session.scan.meta["slice"] == 3
-    assert "slice 3 of 7 (axis 2)" in h.scan_summary(session)
-    h.reslice(studio, session, axis=0, slice_index=1)
+    assert "slice 3 of 7 (axis 2)" in scans.scan_summary(session)
+    scans.reslice(config, session, axis=0, slice_index=1)
     assert session.scan.meta["axis"] == 0 and session.scan.meta["slice"] == 1 and session.scan.display.shape[2] == 3
-    assert "slice 1 of 5 (axis 0)" in h.scan_summary(session)
+    assert "slice 1 of 5 (axis 0)" in scans.scan_summary(session)
     with pytest.raises(h.StudioError, match="out of range"):
-        h.reslice(studio, session, axis=0, slice_index=9)
+        scans.reslice(config, session, axis=0, slice_index=9)
     assert session.scan.meta["slice"] == 1                            # a refused request changes nothing
     with open(DICOM, "rb") as f:
-        h.open_scan(studio, session, f.read(), filename="x.dcm")
-    assert {"lung", "bone", "custom"} <= set(h.window_choices(session))
-    h.reslice(studio, session, window="lung")
+        scans.open_into(config, reader, session, f.read(), filename="x.dcm")
+    assert {"lung", "bone", "custom"} <= set(scans.window_choices(session))
+    scans.reslice(config, session, window="lung")
     assert session.scan.meta["window"]["name"] == "lung"
-    h.reslice(studio, session, window="custom", level=40, width=80)
+    scans.reslice(config, session, window="custom", level=40, width=80)
     assert session.scan.meta["window"] == {"name": "custom", "level": 40.0, "width": 80.0}
-    assert "window custom L 40 W 80" in h.scan_summary(session)
-    titles = [e["title"] for e in h.examples()]
-    assert len(titles) == 3 and (h.EXAMPLES_DIR / "LICENSES.md").exists()
-    for title in titles:
-        h.open_example(studio, session, title)
+    assert "window custom L 40 W 80" in scans.scan_summary(session)
+    titles = [e["title"] for e in scans.examples()]
+    assert len(titles) == 3 and (scans.EXAMPLES_DIR / "LICENSES.md").exists()
+    for item in scans.examples():
+        scans.open_into(config, reader, session, item["path"], delete_upload=False)
+        session.scan.meta["modality"] = item["modality"]
         modality = session.scan.meta["modality"]
         assert modality in ("US", "endoscopy")
-        assert h.suggested_questions(modality) != h.suggested_questions(None)
-    assert all(Path(e["path"]).exists() for e in h.examples())        # examples are never deleted like uploads
+        assert scans.suggested_questions(modality) != scans.suggested_questions(None)
+    assert all(Path(e["path"]).exists() for e in scans.examples())        # examples are never deleted like uploads
 
 
 # ================================================================================ the app, served
@@ -285,7 +289,11 @@ def test_predict_refine_submit_then_rows_are_in_the_store(served):
     with Image.open(mask_path) as img:
         refined = np.asarray(img.convert("L")) > 0
     assert refined.shape == (128, 128) == (summary["height"], summary["width"])
-    assert refined[60, 64] and not refined[20, 20] and summary["area"] == int(refined.sum())
+    assert summary["area"] == int(refined.sum())
+    decoded = outside_discs(refined, [(64, 60, 1), (20, 20, 0)])         # what the decoder made of the prompts
+    inside = np.zeros_like(decoded)
+    inside[30:100, 30:100] = True
+    assert decoded.sum() > 50 and (decoded & ~inside).sum() <= 0.05 * decoded.sum()
 
     session = alice.predict(api_name="/session")
     assert session["user"] == "alice" and session["case_id"] == case_id and session["has_refined_mask"]
@@ -307,23 +315,27 @@ def test_predict_refine_submit_then_rows_are_in_the_store(served):
                           "submitted", 0, "alice-sub-1", api_name="/submit")
     assert again["feedback_id"] == stored["feedback_id"]                    # idempotent on submission_id
 
-    # bob (another person, another session) sees none of alice's state; his own mask file must fit the scan
+    # bob (another person, another session) sees none of alice's state and cannot act on her case
     bob = client_for(served, "bob")
     assert bob.predict(api_name="/session")["case_id"] is None
     with pytest.raises(Exception, match="case"):
         bob.predict(0, ids[0], "[[5, 5, 1]]", "", api_name="/refine")
-    wrong = served["folder"] / "wrong.png"
-    wrong.write_bytes(overlay.mask_to_png(np.zeros((64, 64), bool)))
-    with pytest.raises(Exception, match="scan is 128×128"):
-        bob.predict(case_id, run_id, "", "", handle_file(str(wrong)), "", "submitted", ids[0], "",
-                    api_name="/submit")
     right = served["folder"] / "right.png"
     drawn = np.zeros((128, 128), bool)
     drawn[40:80, 50:90] = True
     right.write_bytes(overlay.mask_to_png(drawn))
-    bobs = bob.predict(case_id, run_id, json.dumps({str(ids[0]): 1}), "", handle_file(str(right)), "", "draft",
-                       ids[0], "", api_name="/submit")
-    assert np.array_equal(served["store"].get_feedback(bobs["feedback_id"])["mask"], drawn)
+    with pytest.raises(Exception, match="no such case among yours"):
+        bob.predict(case_id, run_id, json.dumps({str(ids[0]): 1}), "", handle_file(str(right)), "", "draft",
+                    ids[0], "", api_name="/submit")
+    # a mask file must fit the scan
+    wrong = served["folder"] / "wrong.png"
+    wrong.write_bytes(overlay.mask_to_png(np.zeros((64, 64), bool)))
+    with pytest.raises(Exception, match="scan is 128×128"):
+        alice.predict(case_id, run_id, "", "", handle_file(str(wrong)), "", "submitted", ids[0], "",
+                      api_name="/submit")
+    drafted = alice.predict(case_id, run_id, json.dumps({str(ids[0]): 1}), "", handle_file(str(right)), "", "draft",
+                            ids[0], "", api_name="/submit")
+    assert np.array_equal(served["store"].get_feedback(drafted["feedback_id"])["mask"], drawn)
     # a second session of the same person starts empty too
     assert client_for(served, "alice").predict(api_name="/session")["case_id"] is None
 
@@ -348,37 +360,54 @@ def test_bad_uploads_give_a_message_and_the_app_keeps_working(served, tmp_path):
     assert leftovers == []                                                  # uploads are deleted once read
 
 
+def submitted_case(studio, name="alice", seed=5):
+    """A submission of `name`'s own, made here (no test depends on another having run first)."""
+    user, session = studio.identify(name, None), Session()
+    with open(DICOM, "rb") as f:
+        studio.open_scan(session, f.read(), filename="scan.dcm")
+    studio.predict(user, session, "Outline the lesion.", 2, seed=seed)
+    result = studio.submit_session(user, session, ranking={session.candidate_ids[0]: 1}, ratings={},
+                                   edited_reasoning="", status="submitted")
+    return result["feedback_id"], result["case_id"]
+
+
 def test_roles_are_checked_in_every_handler(served):
     studio = served["studio"]
     alice, bob, carol = (studio.identify(n, None) for n in ("alice", "bob", "carol"))
     assert (alice.role, bob.role, carol.role) == ("annotator", "reviewer", "admin")
     with pytest.raises(AccessDenied):
-        h.review_queue(studio, alice)
+        studio.review_queue(alice)
     with pytest.raises(AccessDenied):
-        h.dashboard(studio, alice)
+        studio.dashboard(alice)
     with pytest.raises(AccessDenied):
-        h.export_data(studio, bob, "summary")
+        studio.export_data(bob, "summary")
     with pytest.raises(AccessDenied):
-        h.serve_model(studio, bob, "test")
+        studio.serve_model(bob, "test")
     with pytest.raises(AccessDenied):
         studio.identify(None, None)                                         # users file: sign-in needed
-    queue = h.review_queue(studio, bob)
-    if not queue:
-        pytest.skip("needs the round-trip test's submission")
-    fid = queue[0]["feedback_id"]
-    view = h.feedback_view(studio, bob, fid)
+    fid, case_id = submitted_case(studio)
+    assert fid in [row["feedback_id"] for row in studio.review_queue(bob)]
+    view = studio.feedback_view(bob, fid)
     assert view["proposal_image"].shape[2] == 3 and "alice" in view["markdown"]
     with pytest.raises(h.StudioError, match="needs a reason"):
-        h.review(studio, bob, fid, "reject", "")
-    h.review(studio, bob, fid, "accept")
-    case_id = queue[0]["case_id"]
+        studio.review(bob, fid, "reject", "")
+    studio.review(bob, fid, "accept")
     assert served["store"].accepted_mask(case_id).shape == (128, 128)
-    board = h.dashboard(studio, bob)
-    assert int(board["counts"]["feedback"].iloc[0]) >= 1 and len(board["dice_over_time"]) == 1
-    archive = h.export_data(studio, carol, "summary")
+    board = studio.dashboard(bob)
+    assert int(board["counts"]["Feedback"].iloc[0]) >= 1 and board["has_dice"] and len(board["dice_over_time"]) >= 1
+    archive = studio.export_data(carol, "summary")
     with zipfile.ZipFile(archive) as zf:
         assert "coreseg-summary/manifest.json" in zf.namelist()
     assert archive.parent.parent == served["studio"].temp_dir               # the private folder
+
+
+def outside_discs(mask, clicks, radius=3):
+    """The mask without the small discs `enforce_clicks` may paint around each click: what the decoder said."""
+    yy, xx = np.ogrid[:mask.shape[0], :mask.shape[1]]
+    keep = np.ones_like(mask)
+    for x, y, _ in clicks:
+        keep &= (yy - y) ** 2 + (xx - x) ** 2 > radius ** 2
+    return mask & keep
 
 
 def test_session_correction_through_the_handlers(served):
@@ -388,16 +417,20 @@ def test_session_correction_through_the_handlers(served):
     user = studio.identify("alice", None)
     session = Session()
     with open(DICOM, "rb") as f:
-        h.open_scan(studio, session, f.read(), filename="scan.dcm")
+        studio.open_scan(session, f.read(), filename="scan.dcm")
     assert session.scan.meta["modality"] == "CT" and "patient" not in json.dumps(session.scan.meta).lower()
-    h.predict(studio, user, session, "Outline the lesion.", 2, seed=3)
+    studio.predict(user, session, "Outline the lesion.", 2, seed=3)
     assert session.correction is not None and session.correction.candidate_id == session.candidate_ids[0]
-    corr = h.click(studio, user, session, 4 * 64 + 1, 4 * 64 + 1, "positive")   # shown pixels (4×)
-    assert corr.clicks == [(64, 64, 1)] and corr.mask[64, 64]
-    h.click(studio, user, session, 4 * 10, 4 * 10, "box")
+    corr = studio.click(user, session, 4 * 64 + 1, 4 * 64 + 1, "positive")   # shown pixels (4×)
+    assert corr.clicks == [(64, 64, 1)]
+    studio.click(user, session, 4 * 10, 4 * 10, "box")
     assert session.correction.corner == (10, 10)
-    h.click(studio, user, session, 4 * 100, 4 * 90, "box")
+    studio.click(user, session, 4 * 100, 4 * 90, "box")
     assert session.correction.box == (10, 10, 101, 91) and session.correction.corner is None
+    decoded = outside_discs(session.correction.model_mask, corr.clicks)
+    inside = np.zeros_like(decoded)
+    inside[10:91, 10:101] = True
+    assert decoded.sum() > 50 and (decoded & ~inside).sum() <= 0.05 * decoded.sum()   # the decoder followed the box
     layer = np.zeros((700, 700, 4), np.uint8)
     layer[0:50, 0:50] = (0, 255, 0, 255)
     h.brush(session, layer)
@@ -407,13 +440,13 @@ def test_session_correction_through_the_handlers(served):
     h.brush(session, layer)
     shown = h.correction_view(session)
     assert shown.shape == (512, 512, 3)
-    result = h.submit_session(studio, user, session, ranking={session.candidate_ids[0]: 1}, ratings={},
-                              edited_reasoning="", status="submitted")
+    result = studio.submit_session(user, session, ranking={session.candidate_ids[0]: 1}, ratings={},
+                                   edited_reasoning="", status="submitted")
     stored = served["store"].get_feedback(result["feedback_id"])
     assert stored["mask"].shape == (128, 128) and stored["mask"][:8, :8].all()
     assert stored["clicks"] == 3 and stored["strokes"] == 2 and stored["edited_reasoning"] is None  # effort: undo too
     with pytest.raises(h.StudioError, match="already submitted"):
-        h.submit_session(studio, user, session, ranking={}, ratings={}, edited_reasoning="", status="submitted")
+        studio.submit_session(user, session, ranking={}, ratings={}, edited_reasoning="", status="submitted")
 
 
 def test_a_failed_model_call_shows_an_error_and_loses_nothing(served, monkeypatch):

@@ -87,6 +87,8 @@ def status(page) -> str:
     return page.locator("#status").inner_text()
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_a_clinician_session_end_to_end(served, page, tmp_path):
     expect_text = page.wait_for_selector
     assert "Keyboard shortcuts" in page.locator("#shortcuts").inner_text()
