@@ -5,8 +5,6 @@ Plain dicts out, no writes. Runs, candidate masks and annotators never change on
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Sequence
@@ -20,25 +18,9 @@ from annotation.schema import Decision, Status
 from annotation.tables import (T_ANN, T_CAND, T_CASE, T_CORR, T_FB, T_MV, T_RANK, T_RATE, T_REV, T_ROUND,
                                T_ROUND_FB, T_RUN, T_SCAN)
 from annotation.validation import as_id, as_int, aware
+from coreseg.cache import LRU as _Lru  # the one bounded, thread-safe cache type
 
 CHUNK = 500  # ids per IN (…) list: far below every database's bound-parameter limit
-
-
-class _Lru:
-    """A bounded, thread-safe map of immutable values (oldest dropped first)."""
-
-    def __init__(self, size: int):
-        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            return self._items.get(key)
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)
