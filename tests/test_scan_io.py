@@ -123,11 +123,57 @@ def test_ct_window_presets_change_display():
         read_scan(path, window="mediastinum")
 
 
-def test_mr_uses_percentile_window():
-    scan = read_scan(dicom_sample("MR_small.dcm"))
+def test_mr_percentile_window_is_a_choice():
+    scan = read_scan(dicom_sample("MR_small.dcm"), window="percentile")
     window = scan.meta["window"]
     assert window["name"] == "percentile" and window["low"] < window["high"]
     assert scan.display.min() == 0 and scan.display.max() == 255
+
+
+def _windowed_dicom(tmp_path, modality: str = "MR", name: str = "windowed", **elements) -> tuple[np.ndarray, str]:
+    """A 16-bit signed DICOM written here with pydicom: a ramp from -500 to 1000 and the given VOI elements."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    values = np.linspace(-500, 1000, 32 * 48).reshape(32, 48).round().astype(np.int16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, modality
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 32, 48, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = values.tobytes()
+    path = tmp_path / f"{name}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return values, str(path)
+
+
+def test_dicom_own_window_is_the_default_and_presets_are_choices(tmp_path):
+    values, path = _windowed_dicom(tmp_path, "CT", WindowCenter=40, WindowWidth=400)
+    scan = read_scan(path)
+    window = scan.meta["window"]
+    assert (window["name"], window["level"], window["width"], window["function"]) == ("file", 40.0, 400.0, "LINEAR")
+    grey = scan.display[..., 0].astype(int)
+    assert (grey[values <= -160] == 0).all() and (grey[values >= 240] == 255).all()  # [40 − 200, 40 + 200]
+    inside = (values > -150) & (values < 230)
+    expected = (values[inside] - (40 - 0.5)) / (400 - 1) + 0.5  # DICOM's LINEAR function, PS3.3 C.11.2.1.2.1
+    assert np.abs(grey[inside] - expected * 255).max() <= 1.0
+    np.testing.assert_array_equal(read_scan(path, window="file").display, scan.display)
+    info = scan_info(path)
+    assert info["default_window"] == "file" and info["windows"][0] == "file" and set(CT_WINDOWS) <= set(info["windows"])
+    bone = read_scan(path, window="bone")  # a preset is still a choice, and gives another picture
+    assert bone.meta["window"]["name"] == "bone" and not np.array_equal(bone.display, scan.display)
+    np.testing.assert_array_equal(bone.pixels, scan.pixels)
+    # a file without a window of its own keeps the modality's default and says so when asked for "file"
+    _, plain = _windowed_dicom(tmp_path, "CT", name="plain")
+    assert read_scan(plain).meta["window"]["name"] == "soft_tissue" and scan_info(plain)["default_window"] == "soft_tissue"
+    with pytest.raises(ScanError, match="no display window of its own"):
+        read_scan(plain, window="file")
 
 
 def test_monochrome1_is_inverted_for_display(tmp_path):
@@ -253,6 +299,36 @@ def test_file_byte_limit(tmp_path):
 def test_gzip_bomb_is_stopped(tmp_path):
     with pytest.raises(TooLargeError, match="unpacks to more than"):
         read_scan(gzip.compress(b"\0" * (4 << 20)), filename="brain.nii.gz", max_bytes=1 << 20)
+
+
+def test_gzip_bomb_is_never_unpacked_past_the_limit():
+    """A 64 KB .nii.gz that unpacks to 64 MB: reading and `scan_info` stop at the 8 MB limit given, and memory
+    never holds much more than that limit (the stream is unpacked 1 MB at a time)."""
+    import tracemalloc
+
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+    limit = 8 << 20
+    for call in (lambda: read_scan(bomb, filename="a.nii.gz", max_bytes=limit),
+                 lambda: scan_info(bomb, filename="a.nii.gz", max_bytes=limit)):
+        tracemalloc.start()
+        try:
+            with pytest.raises(TooLargeError, match="unpacks to more than 8.0 MB"):
+                call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < limit + (4 << 20), f"{peak / 2**20:.1f} MB held for an 8 MB limit"
+
+
+def test_scan_info_default_limit_is_the_apps():
+    import inspect
+
+    from coreseg.config import AppConfig
+    from coreseg.scan_io import MAX_BYTES
+
+    assert MAX_BYTES == AppConfig().max_upload_bytes == 200 * 2**20  # not a second, larger limit
+    for reader in (scan_info, read_scan):
+        assert inspect.signature(reader).parameters["max_bytes"].default == MAX_BYTES
 
 
 def test_empty_and_truncated_files(tmp_path):
@@ -435,12 +511,38 @@ def test_png_bytes_bool_mask_and_bad_dtype():
         to_png_bytes(np.zeros((4, 4), np.int16))
 
 
-def test_content_hash_depends_on_pixels_dtype_and_shape():
+def test_content_hash_depends_on_pixels_display_and_meta():
     a = np.zeros((4, 4), np.uint8)
-    h = Scan(a, a, {}).content_hash
-    assert h == Scan(a.copy(), a, {"x": 1}).content_hash and len(h) == 64
-    assert h != Scan(a.astype(np.uint16), a, {}).content_hash
-    assert h != Scan(a.reshape(2, 8), a, {}).content_hash
+    h = Scan(a, a, {"x": 1}).content_hash
+    assert h == Scan(a.copy(), a.copy(), {"x": 1}).content_hash and len(h) == 64
+    assert h != Scan(a.astype(np.uint16), a, {"x": 1}).content_hash
+    assert h != Scan(a.reshape(2, 8), a, {"x": 1}).content_hash
+    assert h != Scan(a, a + 1, {"x": 1}).content_hash          # another display image
+    assert h != Scan(a, a, {"x": 1, "source_format": "dicom"}).content_hash  # another file's meta
+
+
+def test_a_dicom_with_the_pixels_of_a_png_is_a_scan_of_its_own(tmp_path):
+    """The same pixel values from a PNG and from a DICOM (its own window): two identities, each keeping its
+    meta and display image."""
+    values = (np.arange(32 * 48).reshape(32, 48) % 251).astype(np.uint8)
+    png = read_scan(png_bytes(Image.fromarray(values)))
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", 32, 48, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.WindowCenter, ds.WindowWidth = 60, 100
+    ds.PixelData = values.tobytes()
+    ds.save_as(tmp_path / "same.dcm", enforce_file_format=True)
+    dcm = read_scan(tmp_path / "same.dcm")
+    np.testing.assert_array_equal(dcm.pixels, png.pixels)
+    assert not np.array_equal(dcm.display, png.display)
+    assert dcm.content_hash != png.content_hash
 
 
 def test_scan_info_is_cheap_and_anonymous(tmp_path):
