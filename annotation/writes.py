@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from annotation import codec
 from annotation.db import Database, FeedbackError
@@ -21,6 +22,7 @@ from annotation.tables import (T_ANN, T_CAND, T_CASE, T_CORR, T_FB, T_MV, T_RANK
 from annotation.validation import as_id, as_int, check_mask, deidentify, jsonable, payload_hash
 from coreseg.answer import ANSWER_CLOSE, ANSWER_OPEN, SEG_TOKEN, THINK_CLOSE, THINK_OPEN, parse_answer
 from coreseg.metrics import dice
+from coreseg.scan_io import scan_identity
 
 
 class Writes:
@@ -49,10 +51,13 @@ class Writes:
         return self.db.idempotent(write)
 
     def put_scan(self, scan: Any) -> str:
-        """Store a de-identified scan once under its content hash; returns the hash (idempotent).
+        """Store a de-identified scan once under its identity; returns it (idempotent, also when two users
+        store the same scan at the same moment).
 
-        `scan` is a `coreseg.scan_io.Scan` (or anything with `pixels`, `meta`, and optionally `display` and
-        `content_hash`). Pixels are kept losslessly in their dtype; identifier-like meta keys are dropped.
+        `scan` is a `coreseg.scan_io.Scan` (or anything with `pixels`, `meta` and optionally `display`). The key
+        is `coreseg.scan_io.scan_identity` of the pixels, the display image and the stored meta, so a DICOM
+        whose pixels equal an earlier PNG's is stored as a scan of its own. Pixels are kept losslessly in their
+        dtype; identifier-like meta keys are dropped.
         """
         pixels = getattr(scan, "pixels", None)
         if pixels is None:
@@ -65,21 +70,15 @@ class Writes:
         for key, actual in (("height", height), ("width", width)):
             if key in meta and meta[key] is not None and int(meta[key]) != actual:
                 raise FeedbackError(f"scan meta says {key} {meta[key]} but the pixels have {actual}")
-        content_hash = getattr(scan, "content_hash", None)
-        if not content_hash:
-            digest = hashlib.sha256(f"{pixels.dtype.str}{pixels.shape}".encode())
-            digest.update(np.ascontiguousarray(pixels).tobytes())
-            content_hash = digest.hexdigest()
-        content_hash = str(content_hash)
-        if len(content_hash) > 64 or not content_hash.isalnum():
-            raise FeedbackError(f"content hash {content_hash!r} is not a hex digest")
         display = getattr(scan, "display", None)
         display_png = None
         if display is not None:
             display = np.asarray(display)
             if display.shape[:2] != (height, width):
                 raise FeedbackError(f"the display image is {display.shape[:2]} but the pixels are {(height, width)}")
-            display_png = codec.to_png_bytes(display.astype(np.uint8) if display.dtype != np.uint8 else display)
+            display = display.astype(np.uint8) if display.dtype != np.uint8 else display
+            display_png = codec.to_png_bytes(display)
+        content_hash = scan_identity(pixels, display, meta)  # what is stored decides the key, not the caller
         with self.db.read() as conn:
             if conn.execute(select(T_SCAN.c.hash).where(T_SCAN.c.hash == content_hash)).first() is not None:
                 return content_hash
@@ -90,7 +89,9 @@ class Writes:
                    created_at=utcnow())
 
         def write(conn: Connection) -> str:
-            if conn.execute(select(T_SCAN.c.hash).where(T_SCAN.c.hash == content_hash)).first() is None:
+            if conn.dialect.name == "postgresql":  # two users storing the same scan at once: both succeed
+                conn.execute(pg_insert(T_SCAN).values(**row).on_conflict_do_nothing(index_elements=["hash"]))
+            elif conn.execute(select(T_SCAN.c.hash).where(T_SCAN.c.hash == content_hash)).first() is None:
                 conn.execute(insert(T_SCAN).values(**row))
             return content_hash
 

@@ -34,6 +34,29 @@ def tiny_sft(tmp_path_factory):
     return root, data, cache
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for this test session (see tests/pg_server.py). When it cannot be
+    started the PostgreSQL tests fail, with the reason: they are never skipped."""
+    from pg_server import PostgresUnavailable, start_server
+
+    try:
+        server = start_server()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"the PostgreSQL test server could not be started ({exc}); install it with "
+                    "`bash scripts/install.sh --test`", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """An empty feedback database on each backend: a SQLite file, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "feedback.db")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
 # Tests that need a training run are `slow` (each takes well over 20 s here), whatever file they are in:
 # the fixtures that make one mark every test that uses them, so a new test on them cannot slip into the fast run.
 SLOW_FIXTURES = ("tiny_sft",)

