@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -100,6 +101,20 @@ class ModelConfig:
                    segmenter=segmenter, box_frame=1000)
 
 
+SPACE_DATA = "/data"  # a Space's persistent storage, when enabled
+
+
+def _on_disk(sqlite_url: str, folder: Path) -> bool:
+    """Whether a SQLite URL's file lies inside `folder`."""
+    database = sqlite_url.split(":///", 1)[-1]
+    if not database or database == ":memory:":
+        return False
+    try:
+        return Path(database).expanduser().resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
@@ -123,9 +138,19 @@ class AppConfig:
     encoder_backend: str = "auto"        # coreseg.modeling.encoder_backend: auto | eager | onnxruntime | openvino
 
     @classmethod
-    def from_env(cls) -> "AppConfig":
+    def from_env(cls, space_data: str | os.PathLike = SPACE_DATA) -> "AppConfig":
+        """On a Hugging Face Space (`SPACE_ID` set) the database defaults to the persistent `space_data` disk
+        when there is one; a warning (without paths or names) says when the database will not survive a restart."""
+        on_space = bool(os.environ.get("SPACE_ID"))
+        default = cls.database_url
+        if on_space and Path(space_data).is_dir():
+            default = f"sqlite:///{Path(space_data) / 'coreseg.db'}"
         db = os.environ.get("DATABASE_URL") or (
-            f"sqlite:///{os.environ['CORESEG_DB']}" if os.environ.get("CORESEG_DB") else cls.database_url)
+            f"sqlite:///{os.environ['CORESEG_DB']}" if os.environ.get("CORESEG_DB") else default)
+        if on_space and db.startswith("sqlite:") and not _on_disk(db, Path(space_data)):
+            logging.getLogger("coreseg").warning(
+                "the feedback database is on this Space's ephemeral disk and is lost when the Space restarts; "
+                "enable persistent storage (/data) or set DATABASE_URL to a database server")
         return cls(
             checkpoint=os.environ.get("CORESEG_CHECKPOINT", cls.checkpoint),
             database_url=db,
