@@ -11,9 +11,10 @@ A step, as plain as we could write it:
      model) and the policy (log-probs with grad, re-scored with each completion's own sampling
      temperature and top-p; `<seg>` probes → masks, no `<seg>` → empty mask); the completions of
      one image share one vision pass;
-  3. rewards = format + detect (Hungarian mIoU × F1) + adaptive dual-granularity segment, scored in
-     the model's frame against the truth; group-normalised advantages (groups may differ in size);
-     groups with equal rewards are dropped and their share logged;
+  3. rewards = format + detect (soft F1 of Hungarian-matched boxes) + adaptive dual-granularity segment
+     against the truth, + self-consistency (claims and boxes against the completion's own mask), see
+     `trainers.rewards`; group-normalised advantages (groups may differ in size); groups whose rewards
+     span less than `min_reward_spread` of the reward range are dropped and counted (`groups_dropped`);
   4. loss = clipped-ratio policy term + β·KL (k3) per token, normalised over all kept tokens (DAPO),
      + DiceCE of every completion's mask against the truth.
 Writes `DIR/log.csv`, `DIR/curves.png` (reward and KL), a checkpoint `DIR/last` (and `DIR/final`).
@@ -51,10 +52,21 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             sample = case.sample(rng, frame)
             embedding = case.embedding.to(predictor.device)
             ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
-            groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps))
+            groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,
+                                consistency_columns(case, len(ids))))
         return groups
 
     return make
+
+
+def consistency_columns(case, n: int) -> dict:
+    """Where the self-consistency reward measures an answer's claims: the aspect-preserving thumbnail
+    frame the training reasoning was measured on (not the squashed box frame), with the case's modality."""
+    from trainers.reasoning import MODALITY_OF
+
+    thumb = getattr(case, "thumb", None)
+    size = getattr(case, "thumb_size", None) or (tuple(thumb.shape[:2]) if thumb is not None else None)
+    return {"measure_size": [size] * n, "modality": [MODALITY_OF.get(getattr(case, "set_name", None))] * n}
 
 
 def main(argv=None) -> None:

@@ -23,7 +23,7 @@ from coreseg.modeling.losses import dice_ce_loss
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.precision import use_bf16
 from coreseg.predictor import CoreSegPredictor
-from trainers.rewards import RewardWeights, group_advantages, score_completions
+from trainers.rewards import RewardWeights, group_advantages, reward_range, score_completions
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class GRPOConfig:
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
     bf16_decoder: bool = False    # bfloat16 autocast for the mask decoder only (the policy's log-probs stay fp32)
     weights: RewardWeights = field(default_factory=RewardWeights)
+    min_reward_spread: float = 0.01  # groups whose totals span less than this share of `reward_range(weights)`
+    #                                  (0.07 with the default weights) are dropped: pixel noise is no signal
 
 
 @dataclass
@@ -107,9 +109,10 @@ def relative_human_term(rows: list[dict], weight: float) -> list[dict]:
     return [{**r, "total": r["total"] - weight * mean} if r.get("human") is not None else r for r in rows]
 
 
-def _advantages(all_rewards: list[list[float]], scale: str):
+def _advantages(all_rewards: list[list[float]], scale: str, min_spread: float = 0.0):
     """Group-normalised advantages of groups that may differ in size (stored + fresh candidates)."""
-    per = [group_advantages(np.array([r], dtype=np.float64), "none" if scale == "batch" else scale)
+    per = [group_advantages(np.array([r], dtype=np.float64), "none" if scale == "batch" else scale,
+                            min_spread=min_spread)
            for r in all_rewards]
     advantages = [a.advantages[0] for a in per]
     if scale == "batch":
@@ -151,7 +154,8 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
         all_rewards.append([r["total"] for r in rows])
         dices += [dice(p, truth) for p in pred]
         per_group.append((logits, ref_logits, g))
-    advantage_rows, keep_mask, frac_zero_std = _advantages(all_rewards, cfg.scale_rewards)
+    advantage_rows, keep_mask, frac_zero_std = _advantages(all_rewards, cfg.scale_rewards,
+                                                           cfg.min_reward_spread * reward_range(cfg.weights))
     tokens = 0
     for (logits, ref_logits, g), adv_row, keep in zip(per_group, advantage_rows, keep_mask):
         if not keep:
@@ -176,8 +180,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     flat_rewards = [r for rewards in all_rewards for r in rewards]  # groups may differ in size
     stats = {"reward": float(np.mean(flat_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
              "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
-             "frac_zero_std": frac_zero_std, "dice": float(np.mean(dices))}
-    for term in ("format", "detect", "segment", "human"):
+             "frac_zero_std": frac_zero_std, "groups_dropped": len(keep_mask) - sum(keep_mask),
+             "dice": float(np.mean(dices))}
+    for term in ("format", "detect", "segment", "consistency", "human"):
         values = [r[term] for r in stats_rows if r[term] is not None]
         stats[term] = float(np.mean(values)) if values else None
     return loss, stats
@@ -196,7 +201,7 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
         return
     steps = [int(r["step"]) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("reward", "format", "detect", "segment", "human"):
+    for key in ("reward", "format", "detect", "segment", "consistency", "human"):
         values = [float(r[key]) if r.get(key) not in (None, "", "None") else np.nan for r in rows]
         if not np.all(np.isnan(values)):
             a.plot(steps, values, label=key)
@@ -211,7 +216,8 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 class StepLog:
     """Append-only CSV of step statistics (survives a crash; --resume appends)."""
 
-    FIELDS = ["step", "reward", "format", "detect", "segment", "human", "kl", "frac_zero_std", "dice", "policy_loss",
+    FIELDS = ["step", "reward", "format", "detect", "segment", "consistency", "human", "kl", "frac_zero_std",
+              "groups_dropped", "dice", "policy_loss",
               "mask_loss", "seconds"]
 
     def __init__(self, path: Path):
