@@ -409,48 +409,44 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def save_gallery(examples: list[dict], path: str, per_side: int = 4) -> None:
-    """Best and worst probe overlays (red: prediction, green: expert outline, yellow: boxes)."""
+def _save_panels(panels: list[tuple[np.ndarray, str]], path: str, title: str, columns: int = 4) -> None:
+    """Overlay images with a title each, in rows of `columns`, as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = max(1, -(-len(panels) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4.3 * rows), squeeze=False)
+    for ax, (image, label) in zip(axes.flat, panels):
+        ax.imshow(image)
+        ax.set_title(label, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def save_gallery(examples: list[dict], path: str, per_side: int = 4) -> None:
+    """Best and worst probe overlays (red: prediction, green: expert outline, yellow: boxes)."""
     from coreseg.overlay import draw_overlay
 
     ranked = sorted(examples, key=lambda e: e["dice"])
     chosen = ranked[::-1][:per_side] + ranked[:per_side]
-    fig, axes = plt.subplots(2, per_side, figsize=(4 * per_side, 8))
-    for ax, ex in zip(axes.flat, chosen):
-        ax.imshow(draw_overlay(ex["image"], ex["mask"], ex["boxes"], truth=ex["truth"]))
-        ax.set_title(f"{ex['item'].set_name} {ex['item'].image_id[:14]}  Dice {ex['dice']:.2f}", fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle("best (top) and worst (bottom) by Dice — red: model, green: expert, yellow: answer boxes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save_panels([(draw_overlay(ex["image"], ex["mask"], ex["boxes"], truth=ex["truth"]),
+                   f"{ex['item'].set_name} {ex['item'].image_id[:14]}  Dice {ex['dice']:.2f}") for ex in chosen], path,
+                 "best (top) and worst (bottom) by Dice — red: model, green: expert, yellow: answer boxes", per_side)
 
 
 def save_composite_gallery(examples: list[dict], path: str) -> None:
     """Composite questions with the model's mask (red) and the named tile's truth (green)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from coreseg.overlay import draw_overlay
 
-    fig, axes = plt.subplots(2, 4, figsize=(16, 8.6))
-    for ax, ex in zip(axes.flat, examples):
-        ax.imshow(draw_overlay(ex["image"], ex["mask"], truth=ex["truth"]))
-        ax.set_title(("✔ " if ex["correct"] else "✘ ") + ex["question"][:48], fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle("composites: does the mask follow the question? red: model, green: the named lesion")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save_panels([(draw_overlay(ex["image"], ex["mask"], truth=ex["truth"]),
+                   ("✔ " if ex["correct"] else "✘ ") + ex["question"][:48]) for ex in examples], path,
+                 "composites: does the mask follow the question? red: model, green: the named lesion")
 
 
 def gather_items(args) -> list[LabelledImage]:
