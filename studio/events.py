@@ -3,6 +3,7 @@ and what to show when something is refused (see `Events.on`)."""
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 
@@ -12,7 +13,6 @@ from annotation.store import FeedbackError
 from studio import handlers as h
 from studio.inputs import StudioError
 from studio.users import AccessDenied
-from studio.views import esc
 
 log = logging.getLogger("coreseg.studio")
 
@@ -62,7 +62,7 @@ class Events:
                     finally:
                         studio.sessions.settle(sess)
                 except (StudioError, AccessDenied, FeedbackError) as exc:
-                    raise gr.Error(esc(exc), print_exception=False) from None
+                    raise gr.Error(html.escape(str(exc), quote=False), print_exception=False) from None
                 except gr.Error:
                     raise
                 except Exception:
