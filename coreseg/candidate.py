@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coreseg.answer import ParseResult, parse_answer
+from coreseg.findings import Finding, check_answer, claim_agreement, unsupported_claims
 
 
 @dataclass
@@ -15,6 +16,10 @@ class Candidate:
     `text` is the answer in original-image pixels (what users see and the store keeps);
     `token_ids` / `token_logprobs` are the generated tokens in the model's own frame with the
     log-probability the sampling policy gave each (GRPO needs them for importance weights).
+    `findings` are the answer's claims checked against this candidate's OWN mask and `unsupported`
+    the phrases claiming what no image shows (`coreseg.findings`): set once by `check` (the
+    predictor calls it; a refined mask is checked anew), so that a clinician sees where text and mask
+    disagree.
     """
 
     text: str
@@ -26,15 +31,28 @@ class Candidate:
     model_version: str = ""
     sampling: dict = field(default_factory=dict)  # temperature, top_p, seed, index in the group
     trained: bool = True                  # False when the model's weights are untrained (said in the UI/CLI)
+    findings: list[Finding] | None = None  # None until `check`
+    unsupported: list[str] | None = None
 
     @property
     def parsed(self) -> ParseResult:
         return parse_answer(self.text, self.mask.shape[:2])
 
+    def check(self, image: np.ndarray | None = None, modality: str | None = None) -> "Candidate":
+        """Check the text's claims against this candidate's own mask (and `image`, the scan's pixels,
+        when given); returns self."""
+        self.findings = check_answer(self.text, self.mask, image, modality)
+        self.unsupported = unsupported_claims(self.text)
+        return self
+
     def to_json(self) -> dict:
-        """A JSON-ready summary (no arrays): reasoning, target, boxes, score, parse errors."""
+        """A JSON-ready summary (no arrays): reasoning, target, boxes, score, parse errors, and the
+        checked findings (checked here, without the image, when `check` was not called)."""
+        if self.findings is None or self.unsupported is None:
+            self.check()
         result = self.parsed
         answer = result.answer
+        agreement = claim_agreement(self.findings)
         return {
             "text": self.text,
             "reasoning": answer.reasoning if answer else "",
@@ -44,6 +62,9 @@ class Candidate:
             "mask_score": round(float(self.mask_score), 4),
             "mask_area": int(self.mask.sum()),
             "parse_errors": list(result.errors),
+            "findings": [f.to_json() for f in self.findings],
+            "unsupported": list(self.unsupported),
+            "claim_agreement": None if agreement is None else round(agreement, 4),
             "model_version": self.model_version,
             "trained": self.trained,
             "sampling": self.sampling,

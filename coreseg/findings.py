@@ -19,7 +19,7 @@ import numpy as np
 
 from coreseg.answer import parse_answer
 from coreseg.lesion_facts import describe_lesion, thumbnail
-from coreseg.mask_boxes import lesion_parts
+from coreseg.mask_boxes import mask_boxes
 from coreseg.metrics import box_iou
 
 ROWS, COLUMNS = ("upper", "middle", "lower"), ("left", "central", "right")
@@ -272,7 +272,7 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
                    answer.present == has_mask)]
     if not answer.present or not has_mask:
         return out
-    parts, part_boxes = lesion_parts(mask)
+    part_boxes = mask_boxes(mask)  # count and boxes only: no part masks at full size
     for i, box in enumerate(answer.boxes, 1):
         best = max((box_iou(box, b) for b in part_boxes), default=0.0)
         out.append(Finding(f"box {i}", str(list(box)), f"IoU {best:.2f} with the mask's nearest part", best >= BOX_AGREES_IOU))
@@ -287,7 +287,7 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
             out.append(Finding(claim, said[claim], getattr(facts, claim), said[claim] == getattr(facts, claim)))
     stated_parts = said["parts"] if said["parts"] is not None else (len(answer.boxes) if answer.boxes else None)
     if stated_parts is not None:
-        out.append(Finding("parts", str(stated_parts), str(len(parts)), stated_parts == len(parts)))
+        out.append(Finding("parts", str(stated_parts), str(len(part_boxes)), stated_parts == len(part_boxes)))
     return out
 
 

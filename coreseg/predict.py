@@ -4,7 +4,8 @@
         [--checkpoint DIR] [--out DIR] [--seed S] [--frame F] [--slice K] [--window soft_tissue]
 
 Reads PNG/JPEG/TIFF/BMP, DICOM or NIfTI through coreseg.scan_io (de-identified), prints the
-reasoning, boxes and scores as JSON, and writes per candidate `mask-K.png` and `overlay-K.png`.
+reasoning, boxes, scores and findings (each claim checked against the candidate's own mask) as JSON on
+stdout and a summary with ✔/✘ per claim on stderr, and writes per candidate `mask-K.png` and `overlay-K.png`.
 """
 from __future__ import annotations
 
@@ -16,6 +17,25 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+
+def summary(report: dict) -> str:
+    """The human-readable account of a report: per candidate its answer, then ✔/✘ per claim checked
+    against its own mask, and any claim no image can support."""
+    lines = [f"model {report['model_version']}" + ("" if report["trained"] else " (UNTRAINED: placeholders)")]
+    for k, c in enumerate(report["candidates"], 1):
+        if c["parse_errors"]:
+            head = "unparsable answer: " + "; ".join(c["parse_errors"])
+        elif not c["present"]:
+            head = f"no {c['target']} is visible (empty mask)"
+        else:
+            head = f"{c['target']}, {len(c['boxes'])} box(es), mask {c['mask_area']} px, score {c['mask_score']:.2f}"
+        agreed = sum(f["agrees"] for f in c["findings"])
+        lines.append(f"candidate {k}: {head}; claims agreeing with its mask: {agreed}/{len(c['findings'])}")
+        lines += [f"  {'✔' if f['agrees'] else '✘'} {f['claim']}: stated {f['stated']}, measured {f['measured']}"
+                  for f in c["findings"]]
+        lines += [f"  ⚠ unsupported: {u}" for u in c["unsupported"]]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -73,6 +93,7 @@ def main(argv=None) -> int:
             entry["files"] = {"mask": str(out / f"mask-{k}.png"), "overlay": str(out / f"overlay-{k}.png")}
         report["candidates"].append(entry)
     print(json.dumps(report, indent=2))
+    print(summary(report), file=sys.stderr)
     return 0
 
 

@@ -109,8 +109,9 @@ class CoreSegPredictor:
             ids, logps = self.model.reasoner.generate(image, embedding, question, n_candidates, temperature, top_p,
                                                       generator)
             texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in ids]
-            return self._draw(image, embedding, question, ids, logps, texts, box_prompt,
-                              {"temperature": temperature, "top_p": top_p, "seed": seed})
+            candidates = self._draw(image, embedding, question, ids, logps, texts, box_prompt,
+                                    {"temperature": temperature, "top_p": top_p, "seed": seed})
+        return [c.check(image) for c in candidates]  # claims vs each own mask, outside the model slot
 
     def score_completions(self, image: np.ndarray, question: str, completions: list[list[int]],
                           box_prompt: bool = False) -> list[Candidate]:
@@ -119,8 +120,9 @@ class CoreSegPredictor:
         with self._model_context(), torch.no_grad():
             embedding = self._embedding(image)
             texts = [self.to_image_frame(self.decode_text(c), image.shape[:2]) for c in completions]
-            return self._draw(image, embedding, question, completions, [[] for _ in completions], texts, box_prompt,
-                              {"forced": True})
+            candidates = self._draw(image, embedding, question, completions, [[] for _ in completions], texts,
+                                    box_prompt, {"forced": True})
+        return [c.check(image) for c in candidates]
 
     def _draw(self, image, embedding, question, ids, logps, texts, box_prompt, sampling) -> list[Candidate]:
         height, width = image.shape[:2]
@@ -216,7 +218,8 @@ class CoreSegPredictor:
         return Candidate(text=candidate.text, mask=mask, mask_score=float(scores[0, 0]),
                          token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs, probe=candidate.probe,
                          model_version=self.model_version,
-                         sampling={**candidate.sampling, "refined_clicks": len(clicks)}, trained=self.trained)
+                         sampling={**candidate.sampling, "refined_clicks": len(clicks)},
+                         trained=self.trained).check(image)  # the same text against the refined mask
 
 
 def _extent(mask: np.ndarray, points: list[tuple[float, float]]) -> tuple[int, int, int, int] | None:

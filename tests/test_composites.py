@@ -1,0 +1,185 @@
+"""Composite scans (coreseg.composites, trainers.composites) on synthetic tiles: no data folder.
+
+Each mask lands exactly under its tile, plans are deterministic, a question names the tiles its words
+name, and a drawn training sample is an answer that parses, states the target's own boxes, and whose
+claims all agree with the target mask."""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from coreseg.answer import parse_answer, render_answer
+from coreseg.composites import (CANVAS, PLACES, CompositePlan, CompositeScan, build_composite, cell_boxes,
+                                plan_composites)
+from coreseg.datasets import LabelledImage
+from coreseg.findings import check_answer, claim_agreement
+from coreseg.geometry import Frames
+from coreseg.lesion_facts import thumbnail
+from coreseg.mask_boxes import mask_boxes
+from coreseg.questions import KINDS
+from trainers.composites import CompositeCase
+
+LABELS = {"busbra": {"birads": 4}, "kvasir": {}, "ph2": {"diagnosis": 1}}
+FRAME = 256
+
+
+def tile(height: int, width: int, centre: tuple[float, float], radii: tuple[float, float], seed: int):
+    """A speckled image and an elliptical lesion mask (centre and radii as fractions of height, width)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    mask = ((yy - centre[0] * height) / (radii[0] * height)) ** 2 + \
+           ((xx - centre[1] * width) / (radii[1] * width)) ** 2 <= 1
+    image = rng.integers(120, 220, (height, width, 3), dtype=np.uint8)
+    image[mask] //= 3
+    return image, mask
+
+
+def item(set_name: str, image_id: str) -> LabelledImage:
+    return LabelledImage(set_name=set_name, image_id=image_id, image_path=f"/nowhere/{image_id}.png",
+                         mask_path=f"/nowhere/{image_id}-mask.png", labels=LABELS[set_name])
+
+
+def composite(sets: list[str], layout: tuple[int, int], cells: list[int], radii: list[float],
+              cls=CompositeScan) -> CompositeScan:
+    """A CompositeScan built from arrays as `save_composite`/`load_composite` would keep it."""
+    shapes = [(300, 400), (420, 360), (256, 256), (500, 380)]
+    images, masks = zip(*[tile(*shapes[k], (0.5, 0.45), (r, r * 0.8), k) for k, r in enumerate(radii)])
+    canvas, tile_masks = build_composite(list(images), list(masks), layout, cells)
+    plan = CompositePlan([item(s, f"{s}-{k}") for k, s in enumerate(sets)], layout, cells)
+    thumb, _ = thumbnail(canvas, tile_masks[0])
+    thumb_masks = np.stack([thumbnail(canvas, m)[1] for m in tile_masks])
+    return cls(plan.key, None, canvas.shape[:2], thumb, thumb_masks, [asdict(t) for t in plan.tiles])
+
+
+def test_build_composite_puts_each_mask_exactly_under_its_tile():
+    images, masks = zip(*[tile(300, 400, (0.4, 0.6), (0.2, 0.15), 0), tile(420, 360, (0.5, 0.5), (0.3, 0.3), 1),
+                          tile(256, 256, (0.7, 0.3), (0.15, 0.2), 2)])
+    layout, cells = (2, 2), [3, 0, 2]
+    canvas, tile_masks = build_composite(list(images), list(masks), layout, cells)
+    assert canvas.shape == (CANVAS, CANVAS, 3) and len(tile_masks) == 3
+    boxes = cell_boxes(layout)
+    lit = canvas.max(axis=2) > 0  # the tiles' pixels (speckle ≥ 40); the rest of the canvas is black
+    for k, (image, mask, full) in enumerate(zip(images, masks, tile_masks)):
+        x1, y1, x2, y2 = boxes[cells[k]]
+        assert full.shape == (CANVAS, CANVAS) and full.any()
+        inside = np.zeros_like(full)
+        inside[y1:y2, x1:x2] = True
+        assert not (full & ~inside).any(), f"mask {k} leaves its cell"
+        # the mask lies on the tile's own pixels, and the tile's dark lesion is exactly where the mask is
+        tile_pixels = lit & inside
+        assert not (full & ~tile_pixels).any()
+        ys, xs = np.nonzero(tile_pixels)
+        scale = min((x2 - x1) / image.shape[1], (y2 - y1) / image.shape[0])
+        assert xs.max() - xs.min() + 1 == pytest.approx(image.shape[1] * scale, abs=1)
+        assert ys.max() - ys.min() + 1 == pytest.approx(image.shape[0] * scale, abs=1)
+        dark = (canvas.max(axis=2) < 80) & tile_pixels
+        disagree = (dark ^ full).sum() / full.sum()
+        assert disagree < 0.05, f"tile {k}: mask and lesion disagree on {disagree:.1%} of the lesion"
+        # the mask keeps its tile's proportions: its area is the tile's mask area times the scale squared
+        assert full.sum() == pytest.approx(mask.sum() * scale ** 2, rel=0.05)
+    assert not np.any(np.stack(tile_masks).sum(0) > 1), "two tiles' masks overlap"
+
+
+def test_plans_are_deterministic_and_place_distinct_images():
+    pools = {s: [item(s, f"{s}-{k}") for k in range(6)] for s in KINDS}
+    first = plan_composites(pools, 12, seed=3)
+    again = plan_composites(pools, 12, seed=3)
+    other = plan_composites(pools, 12, seed=4)
+    assert [p.key for p in first] == [p.key for p in again]
+    assert [p.key for p in first] != [p.key for p in other]
+    for plan in first:
+        assert 2 <= len(plan.items) <= 4 and len(plan.items) == len(plan.cells) == len(set(plan.cells))
+        assert len({(i.set_name, i.image_id) for i in plan.items}) == len(plan.items)
+        assert {t.place for t in plan.tiles} <= set(PLACES[plan.layout])
+    # the key names the content: another cell order is another composite
+    plan = first[0]
+    swapped = CompositePlan(plan.items, plan.layout, plan.cells[::-1])
+    assert swapped.key != plan.key and CompositePlan(plan.items, plan.layout, list(plan.cells)).key == plan.key
+
+
+def _questions(scan: CompositeScan, n: int = 200):
+    rng = random.Random(0)
+    return [scan.choose_question(rng) for _ in range(n)]
+
+
+def test_named_tiles_match_the_question_words():
+    # two breast masses of clearly different sizes and a polyp: kind, size, place, all and absent (ph2)
+    scan = composite(["busbra", "busbra", "kvasir"], (2, 2), [0, 3, 1], [0.35, 0.15, 0.25])
+    areas = scan.tile_masks.reshape(3, -1).sum(1)
+    seen = set()
+    for question, named, absent in _questions(scan):
+        q = question.lower()
+        if absent is not None:
+            seen.add("absent")
+            assert named == [] and absent not in [t["set_name"] for t in scan.tiles]
+            assert KINDS[absent][0] in q
+            assert not scan.target_mask(named).any()
+            continue
+        assert named and scan.target_mask(named).any()
+        if "larger" in q or "smaller" in q:
+            seen.add("size")
+            (i,) = named
+            assert scan.tiles[i]["set_name"] == "busbra"
+            other = 1 - i
+            assert (areas[i] > areas[other]) == ("larger" in q)
+        elif any(w in q for w in ("every", "all the")):
+            seen.add("all")
+            assert named == [0, 1, 2]
+        elif "part" in q or "panel" in q:
+            seen.add("place")
+            (i,) = named
+            assert f"the {scan.tiles[i]['place']} " in q
+            assert not any(f"the {t['place']} " in q for j, t in enumerate(scan.tiles) if j != i)
+        else:
+            seen.add("kind")
+            (i,) = named
+            assert scan.tiles[i]["set_name"] == "kvasir" and KINDS["kvasir"][0] in q
+        assert np.array_equal(scan.target_mask(named), scan.tile_masks[named].any(0))
+    assert seen == {"absent", "size", "all", "place", "kind"}
+
+
+def test_every_kind_shown_means_no_absent_question():
+    scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [0, 1, 2], [0.3, 0.2, 0.25])
+    assert all(absent is None and named for _, named, absent in _questions(scan, 80))
+
+
+@pytest.mark.parametrize("sets,layout,cells,radii", [
+    (["busbra", "busbra", "kvasir"], (2, 2), [0, 3, 1], [0.35, 0.15, 0.25]),
+    (["ph2", "kvasir"], (1, 2), [1, 0], [0.3, 0.25]),
+    (["kvasir", "kvasir"], (2, 1), [0, 1], [0.2, 0.35]),
+])
+def test_composite_samples_parse_state_the_target_boxes_and_agree_with_it(sets, layout, cells, radii):
+    case = composite(sets, layout, cells, radii, cls=CompositeCase)
+    rng = random.Random(1)
+    frames = Frames(case.size, box_frame=FRAME)
+    thumb_shape = case.tile_masks.shape[1:]
+    kinds = set()
+    for _ in range(24):
+        sample = case.sample(rng, FRAME)
+        target = case.target_mask(sample.targets)
+        result = parse_answer(sample.answer, (FRAME, FRAME))
+        assert result.ok, (result.errors, sample.answer)
+        answer = result.answer
+        assert sample.target.shape == (1, 1, 256, 256)
+        if not sample.targets:
+            kinds.add("absent")
+            assert answer.present is False and answer.boxes == () and sample.boxes == []
+            assert not target.any() and float(sample.target.sum()) == 0
+        else:
+            kinds.add("present")
+            assert answer.present is True and float(sample.target.sum()) > 0
+            expected = frames.boxes(mask_boxes(target), thumb_shape, "box")
+            assert [list(b) for b in sample.boxes] == [list(b) for b in expected]
+            assert [list(b) for b in answer.boxes] == [list(b) for b in expected]
+        # the answer, with its boxes on the thumbnail, says only what the target mask shows
+        on_thumb = render_answer(answer.reasoning, answer.target, frames.boxes(answer.boxes, "box", thumb_shape))
+        findings = check_answer(on_thumb, target)
+        assert findings and claim_agreement(findings) == 1, [f for f in findings if not f.agrees]
+        if answer.present:
+            assert {f.claim for f in findings} >= {"present", "box 1", "parts"}
+    assert "present" in kinds
+    if len(set(sets)) < len(KINDS):
+        assert "absent" in kinds
