@@ -17,15 +17,20 @@ MIN_PART_FRACTION = 0.0005   # of the image area: 0.05 % (131 px of a 512 × 512
 MIN_PART_PIXELS = 4
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray | None, list[int], list[Box]]:
-    """(component labels, the kept labels, their boxes), largest first."""
+def _components(mask: np.ndarray) -> tuple[np.ndarray | None, tuple[int, int], list[int], list[Box]]:
+    """(component labels of the mask's bounding crop, the crop's offset (x, y), the kept labels, their
+    boxes in the mask's pixels), largest first. Labelling only the crop around the mask gives the same
+    components and is several times faster on a large frame."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"a mask is 2-D (H × W), got shape {mask.shape}")
-    m8 = np.ascontiguousarray(mask.view(np.uint8) if mask.dtype == bool else (mask != 0).astype(np.uint8))
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(m8, connectivity=8)
-    if count <= 1:
-        return None, [], []
+    m8 = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).astype(np.uint8)
+    rows, cols = np.flatnonzero(m8.any(axis=1)), np.flatnonzero(m8.any(axis=0))
+    if rows.size == 0:
+        return None, (0, 0), [], []
+    y0, x0 = int(rows[0]), int(cols[0])
+    crop = np.ascontiguousarray(m8[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1])
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(crop, connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     order = [int(i) for i in np.argsort(-areas, kind="stable")]
     floor = max(MIN_PART_PIXELS, MIN_PART_FRACTION * mask.size)
@@ -33,16 +38,21 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray | None, list[int], list[Bo
     boxes = []
     for i in keep:
         x, y, w, h = (int(v) for v in stats[i, :4])
-        boxes.append((x, y, x + w, y + h))
-    return labels, keep, boxes
+        boxes.append((x0 + x, y0 + y, x0 + x + w, y0 + y + h))
+    return labels, (x0, y0), keep, boxes
 
 
 def lesion_parts(mask: np.ndarray) -> tuple[list[np.ndarray], list[Box]]:
     """The parts of a mask (bool arrays of its size) and their boxes, largest first."""
-    labels, keep, boxes = _components(mask)
-    return [labels == i for i in keep], boxes
+    labels, (x0, y0), keep, boxes = _components(mask)
+    parts = []
+    for i in keep:
+        part = np.zeros(np.shape(mask), bool)
+        part[y0:y0 + labels.shape[0], x0:x0 + labels.shape[1]] = labels == i
+        parts.append(part)
+    return parts, boxes
 
 
 def mask_boxes(mask: np.ndarray) -> list[Box]:
     """The boxes of a mask's lesion parts, largest first (empty for an empty mask); builds no part masks."""
-    return _components(mask)[2]
+    return _components(mask)[3]
