@@ -196,16 +196,17 @@ def _claims_by_kind(findings) -> dict[str, bool]:
     return out
 
 
-def mean_probe(answers: list[dict]) -> np.ndarray:
+def mean_probe(answers: list[dict]) -> np.ndarray | None:
+    """The mean of the answers' probes (None when no answer had a `<seg>`)."""
     probes = [a["probe"] for a in answers if a["probe"] is not None]
-    return np.mean(probes, axis=0).astype(np.float32)
+    return np.mean(probes, axis=0).astype(np.float32) if probes else None
 
 
 def constant_probe_records(predictor: CoreSegPredictor, answers: list[dict]) -> list[dict]:
     """The trained decoder with one probe (the mean) for every image."""
     probe = mean_probe(answers)
     rows = []
-    for a in answers:
+    for a in answers if probe is not None else []:
         mask = _probe_decode(predictor, a["embedding"], probe, a["size"])
         s = score_sample(mask, a["truth"], a["boxes"], mask_boxes(a["truth"]), parsed=True)
         rows.append({"set": a["set"], "image": a["image"], "question": a["question"], "method": "constant_probe",

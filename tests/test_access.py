@@ -230,8 +230,8 @@ def test_start_up_cleans_what_a_killed_process_left(tmp_path):
     studio.store.close()
 
 
-def test_the_same_upload_path_read_twice_gives_the_same_bytes(tmp_path):
-    os.environ.setdefault("GRADIO_TEMP_DIR", str(tmp_path))
+def test_the_same_upload_path_read_twice_gives_the_same_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     path = tmp_path / "same" / "scan.dcm"
     path.parent.mkdir()
     path.write_bytes(b"x" * 100)

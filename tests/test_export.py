@@ -120,8 +120,8 @@ def test_sft(filled, tmp_path):
         assert assistant["content"] == render_answer(reasoning, target, mask_boxes(accepted))
         assert parse_answer(assistant["content"], accepted.shape).ok
     two = [r for r in records if r["case_id"] == filled["two"]][0]
-    assert two["reasoning_source"] == "model" and two["boxes"] == [[6, 5, 20, 15], [39, 30, 55, 40]]
-    assert "The kidney tumors are located at [[6, 5, 20, 15], [39, 30, 55, 40]]" in two["messages"][2]["content"]
+    assert two["reasoning_source"] == "model" and two["boxes"] == [[39, 30, 55, 40], [6, 5, 20, 15]]  # largest part first
+    assert "The kidney tumors are located at [[39, 30, 55, 40], [6, 5, 20, 15]]" in two["messages"][2]["content"]
     assert sum(r["reasoning_source"] == "edited" for r in records) == 4
     store.close()
 

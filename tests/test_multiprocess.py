@@ -36,6 +36,8 @@ def launch(module: str, args: list[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known gap (issue 10): the tiny SFT fixture never writes <seg> greedily, so "
+                   "every group is dropped, no mask is trained and the weights do not move; equivalence unproven")
 def test_grpo_two_processes_match_one(tiny_sft, tmp_path):
     source, data, cache = tiny_sft
     base = source / "sft" / "last"

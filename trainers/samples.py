@@ -119,5 +119,7 @@ def split_development(cases: list, every: int) -> tuple[list, list]:
     reported validation split is never looked at during training."""
     if every <= 1:
         return cases, []
+    if len(cases) < every:  # a small set still keeps one case apart
+        return cases[:-1], cases[-1:]
     return ([c for i, c in enumerate(cases) if i % every != every - 1],
             [c for i, c in enumerate(cases) if i % every == every - 1])

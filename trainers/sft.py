@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -223,9 +224,10 @@ def main(argv=None) -> None:
     core = accelerator.unwrap_model(model)
     image_size = core.segmenter.image_size
     version = args.version or f"sft-{time.strftime('%Y%m%d-%H%M')}"
-    log = (out / "log.csv").open("a", newline="")
+    # one writer: under `accelerate launch` only the main process keeps the log
+    log = (out / "log.csv").open("a", newline="") if accelerator.is_main_process else open(os.devnull, "w")
     writer = csv.writer(log)
-    if step == 0:
+    if step == 0 and accelerator.is_main_process:
         writer.writerow(["step", "epoch", "loss", "lm", "mask", "lr", "val_lm", "val_dice"])
 
     for epoch in range(start_epoch, args.epochs):
