@@ -11,6 +11,7 @@ they come from.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,6 @@ def save_checkpoint(model, path: str | Path, model_version: str, trained: bool =
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.trainable_state_dict().items()}
@@ -78,8 +77,6 @@ def save_checkpoint(model, path: str | Path, model_version: str, trained: bool =
             "parent": parent, "metrics": metrics or {}, "config": model.config.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / "coreseg.json").write_text(json.dumps(meta, indent=2))
-    import shutil
-
     old = path.with_name(path.name + ".old")
     if old.exists():
         shutil.rmtree(old)

@@ -10,13 +10,13 @@ import torch
 
 from coreseg.answer import SEG_TOKEN, render_answer
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
-from coreseg.config import ModelConfig, ReasonerConfig, SegmenterConfig
+from coreseg.config import ModelConfig
 from coreseg.geometry import mask_to_low_res
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.modeling.tokenizer import ANSWER_TOKENS, END_OF_TURN
 from coreseg.predictor import CoreSegPredictor
-from tiny_models import TINY_VIT, save_tiny_qwen2_5_vl, save_tiny_sam, tiny_qwen2_tokenizer
+from tiny_models import full_config as make_full_config, tiny_qwen2_tokenizer
 
 ANSWER = render_answer("A dark oval region in bright tissue.", "lesion", [(100, 200, 600, 700)])
 
@@ -24,13 +24,7 @@ ANSWER = render_answer("A dark oval region in bright tissue.", "lesion", [(100, 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("full-weights")
-    qwen = save_tiny_qwen2_5_vl(folder / "qwen")
-    sam = save_tiny_sam(folder / "sam.pth")
-    return ModelConfig(profile="full",
-                       reasoner=ReasonerConfig(kind="qwen2_5_vl", pretrained=str(qwen), max_new_tokens=16),
-                       segmenter=SegmenterConfig(kind="sam", image_size=256, checkpoint=str(sam), vit=TINY_VIT,
-                                                 pixel_scale="imagenet"),
-                       box_frame=1000)
+    return make_full_config(folder, max_new_tokens=16)
 
 
 @pytest.fixture(scope="module")

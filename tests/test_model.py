@@ -10,12 +10,12 @@ import torch
 
 from coreseg.answer import parse_answer, render_answer
 from coreseg.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from coreseg.config import ModelConfig, ReasonerConfig, SegmenterConfig
+from coreseg.config import ModelConfig, ReasonerConfig
 from coreseg.geometry import mask_to_low_res, scale_boxes
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.predictor import CoreSegPredictor
-from tiny_models import TINY_VIT, save_tiny_qwen2_5_vl, save_tiny_sam
+from tiny_models import full_config as make_full_config
 
 SMALL_REASONER = ReasonerConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_new_tokens=40)
 
@@ -40,13 +40,7 @@ def compact():
 @pytest.fixture(scope="module")
 def tiny_full_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("weights")
-    qwen = save_tiny_qwen2_5_vl(folder / "qwen")
-    sam = save_tiny_sam(folder / "sam.pth")
-    return ModelConfig(profile="full",
-                       reasoner=ReasonerConfig(kind="qwen2_5_vl", pretrained=str(qwen), max_new_tokens=24),
-                       segmenter=SegmenterConfig(kind="sam", image_size=256, checkpoint=str(sam), vit=TINY_VIT,
-                                                 pixel_scale="imagenet"),
-                       box_frame=1000)
+    return make_full_config(folder, max_new_tokens=24)
 
 
 def test_compact_predict_returns_n_candidates_of_image_size(compact):
@@ -164,7 +158,8 @@ def test_shipped_compact_model_loads_and_answers_in_format():
     from coreseg.scan_io import read_scan
 
     predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
-    assert predictor.trained and predictor.model_version == "compact-grpo"
+    card = (ASSETS_DIR / "coreseg-compact" / "MODEL_CARD.md").read_text()
+    assert predictor.trained and f"(`{predictor.model_version}`)" in card.splitlines()[0], "the card names the model"
     scan = read_scan(ASSETS_DIR / "examples" / "bus_0859-l.png")
     candidate = predictor.predict(scan.display, "Segment the mass in this ultrasound.", 1, temperature=0.0)[0]
     assert candidate.parsed.ok, candidate.parsed.errors

@@ -86,3 +86,16 @@ def save_tiny_sam(path: Path) -> Path:
              for k, v in getattr(seg, name).state_dict().items()}
     torch.save(state, path)
     return Path(path)
+
+
+def full_config(folder: Path, max_new_tokens: int):
+    """A full-profile `ModelConfig` (tiny Qwen2.5-VL + tiny SAM, saved under `folder`): the real loading path."""
+    from coreseg.config import ModelConfig, ReasonerConfig, SegmenterConfig
+
+    qwen = save_tiny_qwen2_5_vl(folder / "qwen")
+    sam = save_tiny_sam(folder / "sam.pth")
+    return ModelConfig(profile="full",
+                       reasoner=ReasonerConfig(kind="qwen2_5_vl", pretrained=str(qwen), max_new_tokens=max_new_tokens),
+                       segmenter=SegmenterConfig(kind="sam", image_size=256, checkpoint=str(sam), vit=TINY_VIT,
+                                                 pixel_scale="imagenet"),
+                       box_frame=1000)

@@ -120,6 +120,13 @@ def _as_boxes(boxes) -> list[tuple[int, int, int, int]]:
 
 # --------------------------------------------------------------------------- rewards
 
+def _scored(completions, columns: dict, column: str, score) -> list[float | None]:
+    """`score(text, value, i)` for each completion whose sample has `column`; None for the others."""
+    texts = [completion_text(c) for c in completions]
+    values = _column(columns, column, len(texts))
+    return [None if v is None else float(score(t, v, i)) for i, (t, v) in enumerate(zip(texts, values))]
+
+
 def format_reward(prompts, completions, **columns) -> list[float | None]:
     """1.0 when the completion is strictly valid (`parse_answer(...).ok`), else 0.0."""
     texts = [completion_text(c) for c in completions]
@@ -142,17 +149,13 @@ def detect_reward(prompts, completions, **columns) -> list[float | None]:
 
     0.0 when no answer could be read; None when the sample has no `gt_boxes`.
     """
-    texts = [completion_text(c) for c in completions]
-    n = len(texts)
-    sizes, truths = _image_sizes(columns, n), _column(columns, "gt_boxes", n)
-    out: list[float | None] = []
-    for text, size, truth in zip(texts, sizes, truths):
-        if truth is None:
-            out.append(None)
-            continue
-        parsed = parse_answer(text, size)
-        out.append(float(detect_score(parsed.answer, truth, parsed.rejected_boxes)))
-    return out
+    sizes = _image_sizes(columns, len(completions))
+
+    def score(text, truth, i):
+        parsed = parse_answer(text, sizes[i])
+        return detect_score(parsed.answer, truth, parsed.rejected_boxes)
+
+    return _scored(completions, columns, "gt_boxes", score)
 
 
 def coarse_score(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -194,17 +197,13 @@ def segment_reward(prompts, completions, **columns) -> list[float | None]:
     answer stands for an empty mask; a missing `<seg>` is the format reward's business (one failure, one
     penalty), and the mask signal stays dense early in training.
     """
-    texts = [completion_text(c) for c in completions]
-    n = len(texts)
-    gts, preds = _column(columns, "gt_mask", n), _column(columns, "pred_mask", n)
-    out: list[float | None] = []
-    for text, gt, pred in zip(texts, gts, preds):
-        if gt is None:
-            out.append(None)
-            continue
-        pred = _answer_mask(text, pred)
-        out.append(float(segment_score(pred if pred is not None else np.zeros(np.shape(gt), bool), gt)))
-    return out
+    preds = _column(columns, "pred_mask", len(completions))
+
+    def score(text, gt, i):
+        pred = _answer_mask(text, preds[i])
+        return segment_score(pred if pred is not None else np.zeros(np.shape(gt), bool), gt)
+
+    return _scored(completions, columns, "gt_mask", score)
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -36,6 +35,13 @@ from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
 from coreseg.precision import add_precision_argument, use_bf16
 from trainers.samples import Case, attach_embeddings, load_cases, split_development
+
+
+def shard(order: list, rank: int, world: int) -> list:
+    """This process's share of one epoch's order, padded from its start (as `DistributedSampler` does) so that
+    every process takes the same number of steps: DDP's gradient all-reduce needs every process in every step."""
+    padded = order + order[:(-len(order)) % world]
+    return padded[rank::world]
 
 
 def prompt_mix(targets: list[torch.Tensor], rng: random.Random, image_size: int, share: float):
@@ -232,7 +238,7 @@ def main(argv=None) -> None:
 
     for epoch in range(start_epoch, args.epochs):
         rng = random.Random(args.seed * 1000 + epoch)
-        order = rng.sample(cases, len(cases))[accelerator.process_index::accelerator.num_processes]
+        order = shard(rng.sample(cases, len(cases)), accelerator.process_index, accelerator.num_processes)
         bar = tqdm(range(0, len(order), args.batch_size), desc=f"sft epoch {epoch + 1}/{args.epochs}",
                    disable=not accelerator.is_main_process)
         for i in bar:
@@ -261,12 +267,10 @@ def main(argv=None) -> None:
             writer.writerow([step, epoch, "", "", "", "", f"{metrics['val_lm']:.4f}", f"{metrics['val_dice']:.4f}"])
             log.flush()
             accelerator.print(f"epoch {epoch + 1}: " + json.dumps(metrics))
-            path = save_checkpoint(core, out / f"epoch-{epoch + 1}", f"{version}-e{epoch + 1}", metrics=metrics,
-                                   parent=args.init)
-            if (out / "last").exists():
-                shutil.rmtree(out / "last")
-            shutil.copytree(path, out / "last")
-            torch.save({"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()}, state_file)
+            for name in (f"epoch-{epoch + 1}", "last"):  # each save is atomic: a kill keeps the previous `last`
+                save_checkpoint(core, out / name, f"{version}-e{epoch + 1}", metrics=metrics, parent=args.init)
+            torch.save({"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()}, state_file.with_suffix(".tmp"))
+            state_file.with_suffix(".tmp").replace(state_file)
         accelerator.wait_for_everyone()
     log.close()
 
