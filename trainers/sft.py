@@ -37,12 +37,12 @@ from coreseg.precision import add_precision_argument, use_bf16
 from trainers.samples import Case, attach_embeddings, load_cases, split_development
 
 
+
 def shard(order: list, rank: int, world: int) -> list:
     """This process's share of one epoch's order, padded from its start (as `DistributedSampler` does) so that
     every process takes the same number of steps: DDP's gradient all-reduce needs every process in every step."""
     padded = order + order[:(-len(order)) % world]
     return padded[rank::world]
-
 
 def prompt_mix(targets: list[torch.Tensor], rng: random.Random, image_size: int, share: float):
     """With probability `share` per batch, user-style prompts from the truth: a jittered box, and
@@ -113,7 +113,7 @@ def _full_checkpoint(path) -> bool:
 def build_model(args, cases: list[Case]) -> CoreSeg:
     if args.init:
         model, _ = load_checkpoint(args.init, device="cpu")
-        return model
+        return model.with_box_tokens() if args.box_tokens else model
     if args.profile == "full":
         from dataclasses import replace
 
@@ -139,6 +139,8 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", choices=["compact", "full"], default="compact")
     parser.add_argument("--pretrained", default="Qwen/Qwen2.5-VL-3B-Instruct", help="full profile: hub id or folder")
     parser.add_argument("--init", default=None, help="start from this checkpoint")
+    parser.add_argument("--box-tokens", action="store_true", help="with --init: add the probe's box tokens to a "
+                        "checkpoint written before them (new models always have them)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="full profile: answer length cap "
                         "(default: the config's)")
     parser.add_argument("--epochs", type=int, default=4)

@@ -15,7 +15,8 @@ from torch import nn
 from coreseg.answer import SEG_TOKEN
 from coreseg.config import ModelConfig
 from coreseg.geometry import LOW_RES
-from coreseg.modeling.losses import dice_ce_loss, token_cross_entropy
+from coreseg.metrics import mask_box
+from coreseg.modeling.losses import box_loss, dice_ce_loss, token_cross_entropy
 from coreseg.modeling.prompt_adapter import SemanticPromptAdapter
 from coreseg.modeling.segmenter import Segmenter
 
@@ -51,6 +52,18 @@ class CoreSeg(nn.Module):
                                     tokenizer=tokenizer)
         return cls(config, reasoner, segmenter)
 
+    def with_box_tokens(self) -> "CoreSeg":
+        """This model grown by the probe's box tokens (a fresh box head; every other weight kept): how a
+        checkpoint written before them is warm-started into the new probe (`trainers.sft --init … --box-tokens`)."""
+        from dataclasses import replace
+
+        if self.config.adapter.box_tokens:
+            return self
+        config = replace(self.config, adapter=replace(self.config.adapter, box_tokens=True))
+        grown = CoreSeg.build(config, tokenizer=self.reasoner.tokenizer)
+        grown.load_state_dict(self.trainable_state_dict(), strict=False)
+        return grown.to(next(self.parameters()).device)
+
     def encode_target(self, answer: str) -> list[int]:
         """An SFT target: the answer's tokens followed by the end-of-turn token, so that stopping is trained."""
         from coreseg.modeling.tokenizer import END_OF_TURN
@@ -63,27 +76,32 @@ class CoreSeg(nn.Module):
         (seg,) = self.seg_ids
         return completion.index(seg) if seg in completion else None
 
-    def probe(self, hidden: list[torch.Tensor], completions: list[list[int]]) -> tuple[torch.Tensor | None, list[int]]:
-        """Semantic prompt tokens (R × K × 256) from the `<seg>` hidden states of the R completions that
-        have one, and their indices; (None, []) when none has."""
+    def probe(self, hidden: list[torch.Tensor], completions: list[list[int]]):
+        """The probe of the R completions that have a `<seg>`: their prompt tokens (R × K × 256; with box
+        tokens the last two are the corners of the probe's own box), their indices, and that box (R × 4,
+        normalised x1 y1 x2 y2; None without box tokens). (None, [], None) when no completion has one."""
         rows = [i for i, c in enumerate(completions) if self.seg_position(c) is not None]
         if not rows:
-            return None, []
+            return None, [], None
         states = torch.stack([hidden[i][self.seg_position(completions[i])] for i in rows])
-        return self.adapter(states), rows
+        tokens, boxes = self.adapter(states)
+        if boxes is None:
+            return tokens, rows, None
+        corners = self.segmenter.embed_boxes(boxes * self.segmenter.image_size)
+        return torch.cat([tokens, corners.to(tokens.dtype)], dim=1), rows, boxes
 
     def decode_masks(self, embeddings: torch.Tensor, hidden: list[torch.Tensor], completions: list[list[int]],
                      points=None, boxes: torch.Tensor | None = None) -> dict:
         """Mask logits (B × 1 × 256 × 256) for each completion: its probe (with the optional prompts,
         B-batched) through the decoder; a completion without `<seg>` gets `EMPTY_LOGIT` everywhere (an
         empty mask) and score 0. Returns logits, scores, `probes` (per completion K × 256 or None) and
-        `rows` (the completions with a probe, whose masks the DiceCE may train)."""
+        `rows` (the completions with a probe, whose masks the DiceCE may train) with `probe_boxes` (R × 4 or None)."""
         n = len(completions)
-        probe, rows = self.probe(hidden, completions)
+        probe, rows, probe_boxes = self.probe(hidden, completions)
         device = embeddings.device
         if not rows:
             return {"logits": torch.full((n, 1, LOW_RES, LOW_RES), EMPTY_LOGIT, device=device),
-                    "scores": torch.zeros(n, 1, device=device), "probes": [None] * n, "rows": []}
+                    "scores": torch.zeros(n, 1, device=device), "probes": [None] * n, "rows": [], "probe_boxes": None}
         index = torch.tensor(rows, device=device)
         emb = embeddings if embeddings.shape[0] == 1 else embeddings[index]
         pick = (lambda t: t if t is None or t.shape[0] == 1 else t[index.to(t.device)])
@@ -95,7 +113,7 @@ class CoreSeg(nn.Module):
         probes = [None] * n
         for j, i in enumerate(rows):
             probes[i] = probe[j]
-        return {"logits": logits, "scores": scores, "probes": probes, "rows": rows}
+        return {"logits": logits, "scores": scores, "probes": probes, "rows": rows, "probe_boxes": probe_boxes}
 
     # -- training ---------------------------------------------------------------------------
     def trainable_parameters(self):
@@ -110,15 +128,23 @@ class CoreSeg(nn.Module):
                 target_masks: torch.Tensor, boxes: torch.Tensor | None = None, points=None,
                 mask_weight: float = 1.0) -> dict:
         """The SFT loss (a module's forward, so DDP under `accelerate launch` sees it): text
-        cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256). Optional user-style
+        cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256) + the probe box's loss
+        against the target's tight box (with box tokens). Optional user-style
         `boxes`/`points` teach the decoder to combine the probe with refinement prompts."""
         logits, hidden = self.reasoner.forward_completions(images, embeddings, questions, completions)
         lm = token_cross_entropy(logits, completions)
         masks = self.decode_masks(embeddings, hidden, completions, points=points, boxes=boxes)
         mask_logits, rows = masks["logits"], masks["rows"]
+        mask = box = lm.new_zeros(())
         if rows:  # a target without <seg> (absent target) trains the text only
             index = torch.tensor(rows, device=mask_logits.device)
             mask = dice_ce_loss(mask_logits[index], target_masks.to(mask_logits.device)[index])
-        else:
-            mask = lm.new_zeros(())
-        return {"loss": lm + mask_weight * mask, "lm": lm.detach(), "mask": mask.detach(), "mask_logits": mask_logits}
+        if masks["probe_boxes"] is not None:
+            truth = [mask_box(target_masks[i, 0].detach().cpu().numpy() > 0.5) for i in rows]
+            keep = [j for j, t in enumerate(truth) if t is not None]
+            if keep:
+                size = target_masks.shape[-1]
+                goal = torch.tensor([truth[j] for j in keep], dtype=torch.float32, device=mask_logits.device) / size
+                box = box_loss(masks["probe_boxes"][keep], goal)
+        return {"loss": lm + mask_weight * (mask + box), "lm": lm.detach(), "mask": mask.detach(), "box": box.detach(),
+                "mask_logits": mask_logits}

@@ -23,3 +23,10 @@ def token_cross_entropy(logits: list[torch.Tensor], completions: list[list[int]]
     flat_logits = torch.cat(logits)
     targets = torch.tensor([t for c in completions for t in c], device=flat_logits.device)
     return F.cross_entropy(flat_logits.float(), targets)
+
+
+def box_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DETR's box loss on normalised x1, y1, x2, y2 boxes (B × 4): 5 · L1 + 2 · (1 − GIoU), per batch."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    return 5 * F.l1_loss(pred, target) + 2 * generalized_box_iou_loss(pred, target, reduction="mean")

@@ -3,6 +3,15 @@
 Our reading of the paper: a residual MLP lifts the language state into `num_slots` candidate
 tokens in SAM's prompt space, then attention pooling with `num_tokens` learned queries emits the
 semantic probe that the mask decoder reads next to (or instead of) the user's point and box prompts.
+
+With `box_tokens` (issue 9; off for checkpoints written before it), a head also regresses a box
+(normalised, from centre and size) from the same `<seg>` state; `CoreSeg` encodes it with SAM's own
+prompt encoder as two corner tokens of the probe, and SFT trains it against the target's tight box.
+Why: the last layer's state at `<seg>` is trained to predict the same next token every time, and in a
+small LM trained only through the mask it stays one vector for every image and question (cosine 1.000,
+measured); a direct "where is the target" objective on that state makes it carry the question, and the
+box reaches the decoder in the language a box-trained decoder (MedSAM, LiteMedSAM) already follows.
+The answer's *written* boxes are still not fed to SAM (the paper's point against cascades).
 """
 from __future__ import annotations
 
@@ -34,10 +43,17 @@ class SemanticPromptAdapter(nn.Module):
         self.queries = nn.Parameter(torch.randn(cfg.num_tokens, d) * 0.02)
         self.pool = nn.MultiheadAttention(d, num_heads=4, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, SAM_PROMPT_DIM))
+        self.box_head = (nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, d), nn.GELU(), nn.Linear(d, 4))
+                         if cfg.box_tokens else None)
 
-    def forward(self, seg_hidden: torch.Tensor) -> torch.Tensor:
-        """(B, in_dim) → (B, num_tokens, 256)."""
+    def forward(self, seg_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`<seg>` states (B, in_dim) → prompt tokens (B, num_tokens, 256) and the probe's box (B, 4: x1 y1 x2 y2
+        in [0, 1] of the square frame, x1 ≤ x2 and y1 ≤ y2; None without `box_tokens`)."""
         slots = self.blocks(self.lift(seg_hidden.float()).view(seg_hidden.shape[0], self.num_slots, -1))
         queries = self.queries.unsqueeze(0).expand(seg_hidden.shape[0], -1, -1)
         pooled, _ = self.pool(queries, slots, slots, need_weights=False)
-        return self.out(pooled + queries)
+        box = None
+        if self.box_head is not None:
+            centre, size = torch.sigmoid(self.box_head(seg_hidden.float())).split(2, dim=-1)
+            box = torch.cat([centre - size / 2, centre + size / 2], dim=-1).clamp(0.0, 1.0)
+        return self.out(pooled + queries), box

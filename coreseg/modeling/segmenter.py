@@ -102,6 +102,11 @@ class Segmenter(nn.Module):
         x = self.preprocess(image)
         return runner(x).to(x.device) if runner else self.image_encoder(x)
 
+    def embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Boxes (B × 4, x1 y1 x2 y2 in the S × S frame) → SAM's two corner tokens (B × 2 × 256),
+        differentiable in the coordinates (random Fourier features): how the probe's box reaches the decoder."""
+        return self.prompt_encoder._embed_boxes(boxes)
+
     def decode(self, embeddings: torch.Tensor, probe: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
                mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
