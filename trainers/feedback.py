@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import PartialState
 
 from annotation import codec
 from annotation.store import FeedbackStore
@@ -45,7 +44,8 @@ from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.geometry import mask_to_low_res, scale_boxes
 from coreseg.metrics import dice, is_failure
 from coreseg.predictor import CoreSegPredictor
-from trainers.grpo_loop import GRPOConfig, Group, case_index, decoder_bf16, sample_group, train_groups
+from trainers.grpo_loop import (GRPOConfig, Group, case_index, decoder_bf16, process_state, sample_group,
+                                train_groups)
 from trainers.rewards import RewardWeights, score_completions, segment_score
 
 
@@ -313,7 +313,7 @@ def run_rounds(args) -> list[dict]:
                     + ("not worse" if not_worse else "worse") + (", forced" if args.force and not not_worse else ""))
         evaluation = {s: {"base": before[s], "new": after[s]} for s in before}
         feedback_ids = [c.feedback_id for c in cases]
-        main_process = PartialState().is_main_process  # under `accelerate launch` one process writes
+        main_process = process_state().is_main_process  # under `accelerate launch` one process writes
         if registered and main_process:
             live = FeedbackStore(args.db)
             live.add_model_version(base_version)
@@ -329,7 +329,7 @@ def run_rounds(args) -> list[dict]:
             _write_report(folder / "report.md", result)
             done.write_text(json.dumps(result, indent=1, default=str))
             print(f"round {k}: {decision}; registered={registered}; report {folder / 'report.md'}")
-        PartialState().wait_for_everyone()
+        process_state().wait_for_everyone()
         if registered:
             base_path = checkpoint
         results.append(result)

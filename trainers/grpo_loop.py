@@ -293,17 +293,24 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     return out / "last"
 
 
+def process_state():
+    """This process's place in an `accelerate launch` (index, count, device), built as `Accelerator()` builds it.
+    The first state made fixes it for the process, and a bare `PartialState()` ignores `--cpu` /
+    ACCELERATE_USE_CPU: asked before the Accelerator existed, it made every CPU process of a launch a
+    single-process run of its own (each took the same cases and wrote the same files)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def case_index(step: int, j: int, batch_cases: int) -> int:
     """Which case (of a shuffled order) the j-th group of a step takes: consecutive per step, and
     disjoint between the processes of an `accelerate launch`."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     return (step * state.num_processes + state.process_index) * batch_cases + j
 
 
 def decoder_bf16(precision: str) -> bool:
     """`--precision` → bf16 autocast for the decoder, decided on the device `Accelerator` will train on."""
-    from accelerate import PartialState
-
-    return use_bf16(precision, PartialState().device)
+    return use_bf16(precision, process_state().device)
