@@ -28,6 +28,7 @@ class Candidate:
     token_ids: list[int] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
     probe: np.ndarray | None = None       # K×256 semantic prompt tokens from the `<seg>` state (kept for refinement)
+    probe_box: tuple[int, int, int, int] | None = None  # where the probe aimed (its box tokens), image pixels
     model_version: str = ""
     sampling: dict = field(default_factory=dict)  # temperature, top_p, seed, index in the group
     trained: bool = True                  # False when the model's weights are untrained (said in the UI/CLI)
@@ -61,6 +62,7 @@ class Candidate:
             "present": answer.present if answer else None,
             "mask_score": round(float(self.mask_score), 4),
             "mask_area": int(self.mask.sum()),
+            "probe_box": None if self.probe_box is None else list(self.probe_box),
             "parse_errors": list(result.errors),
             "findings": [f.to_json() for f in self.findings],
             "unsupported": list(self.unsupported),

@@ -46,7 +46,7 @@ from coreseg.findings import (VOCAB, birads_impression, check_answer, check_stat
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion, thumbnail
 from coreseg.mask_boxes import mask_boxes
-from coreseg.metrics import box_iou, dice, score_sample
+from coreseg.metrics import box_iou, dice, mask_box, score_sample
 from coreseg.modeling.segmenter import Segmenter
 from coreseg.predictor import CoreSegPredictor
 from coreseg.questions import KINDS, kind_question, place_question, sample_question, size_question
@@ -155,7 +155,10 @@ def evaluate(predictor: CoreSegPredictor, items: list[LabelledImage], methods=ME
                    "box_f1": s.box_f1 if uses_text else None}
             if method == "probe":
                 findings = check_answer(candidate.text, mask, image)
+                truth_box = mask_box(truth)
                 row.update(own_box_iou=own_box_iou(pred_boxes, mask), own_agreement=claim_agreement(findings),
+                           probe_box_iou=(box_iou(candidate.probe_box, truth_box)
+                                          if candidate.probe_box is not None and truth_box is not None else None),
                            own_claims=_claims_by_kind(findings),
                            truth_checks=truth_checks, unsupported=unsupported_claims(candidate.text),
                            parse_errors=list(parsed.errors), text=candidate.text)
@@ -334,6 +337,7 @@ def summarise(records: list[dict]) -> dict:
                      failure_rate=_mean(r["failed"] for r in rows), box_f1=_mean(r.get("box_f1") for r in rows))
         if method == "probe":
             m.update(own_box_iou=_mean(r["own_box_iou"] for r in rows),
+                     probe_box_iou=_mean(r["probe_box_iou"] for r in rows),
                      own_agreement=_mean(r["own_agreement"] for r in rows),
                      unsupported=sum(bool(r["unsupported"]) for r in rows))
             for claim in ("location", "size", "shape", "box", "parts"):
@@ -386,6 +390,11 @@ def markdown_table(summary: dict) -> str:
                              f"{fmt(m.get('failure_rate'))} | {fmt(m.get('box_f1'))} | {fmt(m.get('own_box_iou'))} | "
                              f"{fmt(m.get('own_agreement'))} | {fmt(m.get('truth_agreement'))} | "
                              f"{fmt(m.get('unsupported'))} |")
+    aims = {s: summary[s]["probe"]["probe_box_iou"] for s in summary
+            if s != "composites" and summary[s].get("probe", {}).get("probe_box_iou") is not None}
+    if aims:
+        lines.append("\nProbe box (where the `<seg>` state aimed the decoder) vs the truth's tight box, mean IoU — " +
+                     ", ".join(f"{s} {v:.3f}" for s, v in sorted(aims.items())) + ".")
     swaps = {s: summary[s]["text_swap"] for s in summary if s != "composites" and "text_swap" in summary[s]}
     if swaps:
         lines.append("\nText swap (another image's answer forced onto this image): Dice of the mask to the image's own "

@@ -131,9 +131,15 @@ class CoreSegPredictor:
         boxes = self._prompt_boxes(texts, (height, width)) if box_prompt else None
         masks = self.model.decode_masks(embedding, hidden, ids, boxes=boxes)  # no <seg>: no probe, empty mask
         low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]
+        probe_boxes = [None] * len(ids)
+        if masks["probe_boxes"] is not None:
+            frames, side = self.frames((height, width)), self.model.segmenter.image_size
+            for j, i in enumerate(masks["rows"]):
+                probe_boxes[i] = frames.box(tuple(float(v) * side for v in masks["probe_boxes"][j]), "segmenter", "image")
         return [Candidate(text=texts[i], mask=self._answer_mask(texts[i], low_res[i], height, width),
                           mask_score=float(scores[i, 0]), token_ids=list(ids[i]), token_logprobs=list(logps[i]),
                           probe=None if probes[i] is None else probes[i].float().cpu().numpy(),
+                          probe_box=probe_boxes[i],
                           model_version=self.model_version, sampling={**sampling, "index": i}, trained=self.trained)
                 for i in range(len(ids))]
 

@@ -111,16 +111,13 @@ def test_one_image_two_questions_two_masks_after_overfit(overfit):
 
 @pytest.mark.slow
 def test_probe_box_finds_the_asked_blob_after_overfit(overfit):
-    """The probe's own box (regressed from `<seg>`, given to the decoder as corner tokens) lies on the blob
-    the question names: the `<seg>` state carries the question."""
+    """The probe's own box (regressed from `<seg>`, given to the decoder as corner tokens; the candidate's
+    `probe_box`, in image pixels) lies on the blob the question names: the `<seg>` state carries the question."""
     predictor, image, blobs, comps = overfit
-    model = predictor.model
-    embedding = predictor.embedding(image)
-    with torch.no_grad():
-        _, hidden = model.reasoner.forward_completions([image] * 2, embedding.expand(2, -1, -1, -1), QUESTIONS, comps)
-        _, _, boxes = model.probe(hidden, comps)
-    for box, blob in zip(boxes.numpy() * SIZE, blobs):
-        assert box_iou(tuple(box), mask_box(blob)) >= 0.6, (box, mask_box(blob))
+    for question, completion, blob in zip(QUESTIONS, comps, blobs):
+        candidate = predictor.score_completions(image, question, [completion])[0]
+        assert box_iou(candidate.probe_box, mask_box(blob)) >= 0.6, (candidate.probe_box, mask_box(blob))
+        assert candidate.to_json()["probe_box"] == list(candidate.probe_box)
 
 
 @pytest.mark.slow
