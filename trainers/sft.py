@@ -236,7 +236,7 @@ def main(argv=None) -> None:
     log = (out / "log.csv").open("a", newline="") if accelerator.is_main_process else open(os.devnull, "w")
     writer = csv.writer(log)
     if step == 0 and accelerator.is_main_process:
-        writer.writerow(["step", "epoch", "loss", "lm", "mask", "lr", "val_lm", "val_dice"])
+        writer.writerow(["step", "epoch", "loss", "lm", "mask", "lr", "val_lm", "val_dice", "box"])
 
     for epoch in range(start_epoch, args.epochs):
         rng = random.Random(args.seed * 1000 + epoch)
@@ -259,14 +259,16 @@ def main(argv=None) -> None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            bar.set_postfix(lm=f"{float(result['lm']):.3f}", mask=f"{float(result['mask']):.3f}")
+            bar.set_postfix(lm=f"{float(result['lm']):.3f}", mask=f"{float(result['mask']):.3f}",
+                            box=f"{float(result['box']):.3f}")
             if step % 10 == 0:
                 writer.writerow([step, epoch, f"{float(result['loss']):.4f}", f"{float(result['lm']):.4f}",
-                                 f"{float(result['mask']):.4f}", f"{learning_rate(step):.2e}", "", ""])
+                                 f"{float(result['mask']):.4f}", f"{learning_rate(step):.2e}", "", "",
+                                 f"{float(result['box']):.4f}"])
                 log.flush()
         if accelerator.is_main_process:
             metrics = validate(core, val, args.batch_size)
-            writer.writerow([step, epoch, "", "", "", "", f"{metrics['val_lm']:.4f}", f"{metrics['val_dice']:.4f}"])
+            writer.writerow([step, epoch, "", "", "", "", f"{metrics['val_lm']:.4f}", f"{metrics['val_dice']:.4f}", ""])
             log.flush()
             accelerator.print(f"epoch {epoch + 1}: " + json.dumps(metrics))
             for name in (f"epoch-{epoch + 1}", "last"):  # each save is atomic: a kill keeps the previous `last`
