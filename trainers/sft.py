@@ -139,6 +139,8 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", choices=["compact", "full"], default="compact")
     parser.add_argument("--pretrained", default="Qwen/Qwen2.5-VL-3B-Instruct", help="full profile: hub id or folder")
     parser.add_argument("--init", default=None, help="start from this checkpoint")
+    parser.add_argument("--box-weight", type=float, default=1.0, help="weight of the probe box's loss (5·L1 + 2·GIoU) "
+                        "against the text loss")
     parser.add_argument("--box-tokens", action="store_true", help="with --init: add the probe's box tokens to a "
                         "checkpoint written before them (new models always have them)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="full profile: answer length cap "
@@ -253,7 +255,8 @@ def main(argv=None) -> None:
                 result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),
                                questions, completions, targets.to(accelerator.device),
                                boxes=None if boxes is None else boxes.to(accelerator.device),
-                               points=None if points is None else tuple(p.to(accelerator.device) for p in points))
+                               points=None if points is None else tuple(p.to(accelerator.device) for p in points),
+                               box_weight=args.box_weight)
             accelerator.backward(result["loss"])
             accelerator.clip_grad_norm_(core.trainable_parameters(), 1.0)
             optimizer.step()

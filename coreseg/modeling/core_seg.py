@@ -126,7 +126,7 @@ class CoreSeg(nn.Module):
 
     def forward(self, images: list, embeddings: torch.Tensor, questions: list[str], completions: list[list[int]],
                 target_masks: torch.Tensor, boxes: torch.Tensor | None = None, points=None,
-                mask_weight: float = 1.0) -> dict:
+                mask_weight: float = 1.0, box_weight: float = 1.0) -> dict:
         """The SFT loss (a module's forward, so DDP under `accelerate launch` sees it): text
         cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256) + the probe box's loss
         against the target's tight box (with box tokens). Optional user-style
@@ -146,5 +146,5 @@ class CoreSeg(nn.Module):
                 size = target_masks.shape[-1]
                 goal = torch.tensor([truth[j] for j in keep], dtype=torch.float32, device=mask_logits.device) / size
                 box = box_loss(masks["probe_boxes"][keep], goal)
-        return {"loss": lm + mask_weight * (mask + box), "lm": lm.detach(), "mask": mask.detach(), "box": box.detach(),
+        return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(), "box": box.detach(),
                 "mask_logits": mask_logits}
