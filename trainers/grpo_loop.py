@@ -124,8 +124,13 @@ def _advantages(all_rewards: list[list[float]], scale: str, min_spread: float = 
 
 
 def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Group], cfg: GRPOConfig,
-              predictor: CoreSegPredictor) -> tuple[torch.Tensor, dict]:
-    """The loss of one batch of groups and what to log (rewards per term, KL, dropped share, Dice)."""
+              predictor: CoreSegPredictor, world_counts=None) -> tuple[torch.Tensor, dict]:
+    """The loss of one batch of groups and what to log (rewards per term, KL, dropped share, Dice).
+
+    The policy term is normalised by the batch's completion tokens and the DiceCE by its groups with a mask.
+    Under `accelerate launch`, `world_counts([tokens, masks])` returns those counts summed over the processes
+    and the process count; each process then scales its sums so that the mean of the processes' gradients is
+    the gradient of the whole batch (a process whose groups all lack a mask no longer halves the others')."""
     frame = model.config.box_frame
     all_rewards, stats_rows, pg_terms, kl_terms, mask_losses, dices = [], [], [], [], [], []
     per_group = []
@@ -174,8 +179,10 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
                 pg = pg + cfg.beta * kl
             pg_terms.append(pg.sum())
             tokens += len(ids)
-    policy = torch.stack(pg_terms).sum() / tokens if pg_terms else torch.zeros((), device=device)
-    mask = torch.stack(mask_losses).mean() if mask_losses else torch.zeros((), device=device)
+    all_tokens, all_masks, world = (world_counts([tokens, len(mask_losses)]) if world_counts
+                                    else (tokens, len(mask_losses), 1))
+    policy = torch.stack(pg_terms).sum() * world / all_tokens if pg_terms else torch.zeros((), device=device)
+    mask = torch.stack(mask_losses).sum() * world / all_masks if mask_losses else torch.zeros((), device=device)
     loss = policy + cfg.mask_weight * mask
     flat_rewards = [r for rewards in all_rewards for r in rewards]  # groups may differ in size
     stats = {"reward": float(np.mean(flat_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
@@ -246,6 +253,13 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     from accelerate import Accelerator
 
     accelerator = Accelerator()
+
+    def world_counts(counts):
+        total = accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=accelerator.device), "sum")
+        return float(total[0]), float(total[1]), accelerator.num_processes
+
+    if accelerator.num_processes == 1:
+        world_counts = None
     model.to(accelerator.device)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
@@ -271,7 +285,7 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         model.eval()  # sampling without dropout; the loss pass below is deterministic too
         groups = make_groups(step, predictor, generator)
         model.train()
-        loss, stats = grpo_loss(model, reference, groups, cfg, predictor)
+        loss, stats = grpo_loss(model, reference, groups, cfg, predictor, world_counts)
         if loss.requires_grad:  # all groups dropped and no mask to train: nothing to learn this step
             loss.backward()
         if accelerator.num_processes > 1:

@@ -146,5 +146,5 @@ class CoreSeg(nn.Module):
                 size = target_masks.shape[-1]
                 goal = torch.tensor([truth[j] for j in keep], dtype=torch.float32, device=mask_logits.device) / size
                 box = box_loss(masks["probe_boxes"][keep], goal)
-        return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(), "box": box.detach(),
-                "mask_logits": mask_logits}
+        return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(),
+                "box": box.detach(), "mask_logits": mask_logits}
