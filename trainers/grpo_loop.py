@@ -289,11 +289,14 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         if loss.requires_grad:  # all groups dropped and no mask to train: nothing to learn this step
             loss.backward()
         if accelerator.num_processes > 1:
-            for p in model.trainable_parameters():  # every process reduces every tensor (a missing grad is 0)
-                p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
+            average_gradients(accelerator, list(model.trainable_parameters()))
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            stats = merge_stats(gather_object([stats]))
         if log:
             log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
         if accelerator.is_main_process and ((step + 1) % save_every == 0 or step + 1 == steps):
@@ -305,6 +308,30 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         plot_curves(out / "log.csv", out / "curves.png")
     model.eval()
     return out / "last"
+
+
+def merge_stats(per_process: list[dict]) -> dict:
+    """One log row for the whole batch from each process's `grpo_loss` stats: dropped groups summed,
+    the rest averaged over the processes that have a value (each process takes as many cases)."""
+    merged = {}
+    for key in per_process[0]:
+        values = [s[key] for s in per_process if s[key] is not None]
+        merged[key] = (sum(values) if key == "groups_dropped" else float(np.mean(values))) if values else None
+    return merged
+
+
+def average_gradients(accelerator, params: list[torch.Tensor]) -> None:
+    """The mean of the processes' gradients, in place. A tensor no process has a gradient for stays
+    without one, as in a single process: AdamW then leaves it alone, where a zero gradient would still
+    move it by its momentum (two processes drifted from one on a step where nothing had a loss)."""
+    device = params[0].device
+    had = accelerator.reduce(torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device),
+                             "sum")
+    for p, count in zip(params, had.tolist()):  # the same order and the same skips on every process
+        if count == 0:
+            p.grad = None
+        else:  # a process without a gradient for it contributes 0
+            p.grad = accelerator.reduce(p.grad if p.grad is not None else torch.zeros_like(p), reduction="mean")
 
 
 def process_state():
