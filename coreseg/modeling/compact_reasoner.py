@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from coreseg.answer import ANSWER_CLOSE
 from coreseg.config import ReasonerConfig
 from coreseg.modeling.tokenizer import IM_END, IM_START
+from coreseg.modeling.kv_decoder import KVDecoder
 from coreseg.modeling.sampling import sample_tokens
 
 EMBEDDING_DIM = 256  # SAM image embeddings have 256 channels
@@ -84,7 +85,6 @@ class CompactReasoner(nn.Module):
                  top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
         """Sample `n` completions as one batch; returns token ids and their log-probabilities."""
         prompt = self._prompt_embeds(embedding, [question])[0]
-        inputs = prompt.unsqueeze(0).expand(n, -1, -1).contiguous()
-        out = self.lm(inputs_embeds=inputs, use_cache=True)
-        return sample_tokens(self.lm, out, n, self.stop_ids, self.cfg.max_new_tokens, temperature, top_p, generator,
-                             attention_length=inputs.shape[1])
+        decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens)
+        return sample_tokens(decoder.prefill(prompt), decoder.step, self.stop_ids, self.cfg.max_new_tokens,
+                             temperature, top_p, generator)

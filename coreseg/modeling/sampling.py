@@ -31,41 +31,31 @@ def sampling_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: f
     return chosen - torch.logsumexp(log_probs.masked_fill(~keep, float("-inf")), dim=-1)
 
 
-def sample_tokens(lm, first_out, n: int, stop_ids: list[int], max_new_tokens: int, temperature: float,
-                  top_p: float, generator: torch.Generator, attention_length: int,
-                  step_kwargs=None) -> tuple[list[list[int]], list[list[float]]]:
-    """Continue from a prefill output `first_out` of `n` identical prompts.
+def sample_tokens(first_logits: torch.Tensor, step, stop_ids: list[int], max_new_tokens: int, temperature: float,
+                  top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+    """Sample from `first_logits` (n × V, after n identical prompts) on, `step(tokens)` giving the
+    logits after each row's new token, until every row wrote a stop token or `max_new_tokens`.
 
-    `temperature == 0` is greedy (log-probabilities then come from the plain softmax).
-    `step_kwargs(step)` may add model-specific arguments for each decoding step.
-    """
-    device = first_out.logits.device
-    past = first_out.cache
-    logits = first_out.logits[:, -1].float()
-    done = torch.zeros(n, dtype=torch.bool, device=device)
-    ids = [[] for _ in range(n)]
-    logps = [[] for _ in range(n)]
-    attention = torch.ones(n, attention_length, dtype=torch.long, device=device)
-    stop = torch.tensor(stop_ids, device=device)
-    for step in range(max_new_tokens):
+    `temperature == 0` is greedy (log-probabilities then come from the plain softmax)."""
+    logits = first_logits.float()
+    n = logits.shape[0]
+    stop = torch.tensor(stop_ids, device=logits.device)
+    done = torch.zeros(n, dtype=torch.bool, device=logits.device)
+    tokens, chosen, live = [], [], []
+    for _ in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
             if top_p < 1.0:
                 probs = probs * nucleus_mask(probs, top_p)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device).squeeze(1)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).to(logits.device).squeeze(1)
         else:
             token = logits.argmax(-1)
-        chosen = sampling_logprobs(logits, token, temperature, top_p)
-        for i in range(n):
-            if not done[i]:
-                ids[i].append(int(token[i]))
-                logps[i].append(float(chosen[i]))
-        done |= torch.isin(token, stop)
+        tokens.append(token)
+        chosen.append(sampling_logprobs(logits, token, temperature, top_p))
+        live.append(~done)
+        done = done | torch.isin(token, stop)
         if bool(done.all()):
             break
-        attention = torch.cat([attention, torch.ones(n, 1, dtype=torch.long, device=device)], dim=1)
-        extra = step_kwargs(step) if step_kwargs else {}
-        out = lm(input_ids=token[:, None], cache=past, attention_mask=attention, use_cache=True, **extra)
-        past = out.cache
-        logits = out.logits[:, -1].float()
-    return ids, logps
+        logits = step(token).float()
+    tokens, chosen, live = (torch.stack(t, dim=1).cpu() for t in (tokens, chosen, live))
+    return ([t[k].tolist() for t, k in zip(tokens, live)], [c[k].tolist() for c, k in zip(chosen, live)])

@@ -1,0 +1,48 @@
+"""The compact reasoner's own KV-cached sampling loop (coreseg.modeling.kv_decoder) computes what the
+transformers forward computes: same logits, same greedy answers."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from coreseg.config import DEFAULT_CHECKPOINT
+from coreseg.modeling.kv_decoder import KVDecoder
+from coreseg.predictor import CoreSegPredictor
+
+
+def test_kv_decoder_logits_match_the_transformers_forward():
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    lm = Qwen2ForCausalLM(config).eval()
+    prompt = torch.randn(7, 64)
+    rows = torch.tensor([[5, 9, 11, 3], [42, 42, 1, 96], [0, 17, 17, 17]])  # three rows, other tokens each
+    decoder = KVDecoder(lm, rows=3, max_length=7 + 4)
+    with torch.no_grad():
+        steps = [decoder.prefill(prompt)] + [decoder.step(rows[:, k]) for k in range(3)]
+        full = torch.cat([prompt.expand(3, -1, -1), lm.model.embed_tokens(rows[:, :3])], dim=1)
+        reference = lm(inputs_embeds=full).logits[:, 6:]
+    for k, logits in enumerate(steps):
+        assert torch.allclose(logits, reference[:, k], atol=1e-5), k
+    assert not torch.allclose(steps[1][0], steps[1][1]), "rows are decoded apart"
+
+
+def test_greedy_answers_are_the_argmax_of_the_teacher_forced_forward():
+    """On the shipped model: each greedy token is the argmax of the training-time forward at its place."""
+    torch.set_num_threads(1)
+    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+    reasoner = predictor.model.reasoner
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[20:44, 16:40] = 200
+    embedding = predictor.embedding(image)
+    with torch.no_grad():
+        ids, logps = reasoner.generate(image, embedding, "Outline the lesion.", 2, 0.0, 1.0, torch.Generator())
+        logits, _ = reasoner.forward_completions([image] * 2, embedding.expand(2, -1, -1, -1),
+                                                 ["Outline the lesion."] * 2, ids)
+    assert ids[0] == ids[1] and len(ids[0]) > 20
+    assert ids[0][-1] in reasoner.stop_ids
+    assert logits[0].argmax(-1).tolist() == ids[0]
+    expected = torch.log_softmax(logits[0].float(), -1).gather(-1, torch.tensor(ids[0])[:, None]).squeeze(-1)
+    assert np.allclose(logps[0], expected.numpy(), atol=1e-4)
