@@ -46,3 +46,13 @@ def test_greedy_answers_are_the_argmax_of_the_teacher_forced_forward():
     assert logits[0].argmax(-1).tolist() == ids[0]
     expected = torch.log_softmax(logits[0].float(), -1).gather(-1, torch.tensor(ids[0])[:, None]).squeeze(-1)
     assert np.allclose(logps[0], expected.numpy(), atol=1e-4)
+
+
+def test_draw_log_probabilities_are_the_re_scoring_distribution():
+    """What sampling records is what GRPO re-scores with (`sampling_logprobs`), nucleus and temperature."""
+    from coreseg.modeling.sampling import draw, sampling_logprobs
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature, top_p in ((0.7, 0.95), (1.0, 0.5), (1.3, 1.0), (0.0, 1.0)):
+        token, logp = draw(logits, temperature, top_p, torch.Generator().manual_seed(1))
+        assert torch.allclose(logp, sampling_logprobs(logits, token, temperature, top_p), atol=1e-5)

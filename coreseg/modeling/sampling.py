@@ -31,6 +31,20 @@ def sampling_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: f
     return chosen - torch.logsumexp(log_probs.masked_fill(~keep, float("-inf")), dim=-1)
 
 
+def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+    """One token per row of `logits` (N × V, float) and its log-probability under the sampling distribution
+    (what `sampling_logprobs` computes, from the same softmax and nucleus: one pass instead of two)."""
+    if temperature <= 0:
+        token = logits.argmax(-1)
+        return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    probs = log_probs.exp()
+    if top_p < 1.0:
+        probs = probs * nucleus_mask(probs, top_p)
+    token = torch.multinomial(probs.cpu(), 1, generator=generator).to(logits.device).squeeze(1)
+    return token, log_probs.gather(-1, token[:, None]).squeeze(-1) - probs.sum(-1).log()
+
+
 def sample_tokens(first_logits: torch.Tensor, step, stop_ids: list[int], max_new_tokens: int, temperature: float,
                   top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
     """Sample from `first_logits` (n × V, after n identical prompts) on, `step(tokens)` giving the
@@ -43,15 +57,9 @@ def sample_tokens(first_logits: torch.Tensor, step, stop_ids: list[int], max_new
     done = torch.zeros(n, dtype=torch.bool, device=logits.device)
     tokens, chosen, live = [], [], []
     for _ in range(max_new_tokens):
-        if temperature > 0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            if top_p < 1.0:
-                probs = probs * nucleus_mask(probs, top_p)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).to(logits.device).squeeze(1)
-        else:
-            token = logits.argmax(-1)
+        token, logp = draw(logits, temperature, top_p, generator)
         tokens.append(token)
-        chosen.append(sampling_logprobs(logits, token, temperature, top_p))
+        chosen.append(logp)
         live.append(~done)
         done = done | torch.isin(token, stop)
         if bool(done.all()):
