@@ -62,6 +62,10 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 BY_KIND = ["Outline the {kind}.", "Segment the {kind} in this image.",
            "Where is the {kind}? Find it and identify its boundaries.", "Locate and segment the {kind}."]
+# How people ask about one kind beyond the plain bank: with a clinical qualifier. Training asks present and
+# absent findings in the same words, so that only the kind named tells the model what to answer.
+QUALIFIED = ["Segment the {kind} that most warrants a biopsy.", "Outline the most suspicious {kind}.",
+             "Is there a {kind}? Outline it.", "Show the {kind} and its borders."]
 BY_PLACE = ["Segment the lesion in the {place} part of the image.", "Outline the finding in the {place} panel.",
             "Where is the lesion in the {place} part? Outline it."]
 BY_SIZE = ["Outline the {which} of the two {kinds}.", "Segment the {which} {kind}."]
@@ -96,6 +100,12 @@ def sample_question(set_name: str, labels: dict | None = None, rng=None) -> str:
 def kind_question(set_name: str, rng=None) -> str:
     """A question naming the kind of finding a set shows (also how an absent kind is asked for)."""
     return as_random(rng).choice(BY_KIND).format(kind=KINDS[set_key(set_name)][0])
+
+
+def worded_question(set_name: str, rng=None) -> str:
+    """A question naming the set's kind of finding in any wording users give it (plain or qualified):
+    training's question for a present finding as well as for an absent one."""
+    return as_random(rng).choice(BY_KIND + QUALIFIED).format(kind=KINDS[set_key(set_name)][0])
 
 
 def place_question(place: str, rng=None) -> str:

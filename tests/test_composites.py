@@ -9,6 +9,8 @@ import random
 from dataclasses import asdict
 
 import numpy as np
+import torch
+from pathlib import Path
 import pytest
 
 from coreseg.answer import parse_answer, render_answer
@@ -183,3 +185,35 @@ def test_composite_samples_parse_state_the_target_boxes_and_agree_with_it(sets, 
     assert "present" in kinds
     if len(set(sets)) < len(KINDS):
         assert "absent" in kinds
+
+
+def test_single_scans_ask_present_and_absent_findings_in_the_same_words():
+    """Only the kind named tells a present question from an absent one (training's contrast): a question
+    with a clinical qualifier is asked about the scan's own finding and about another set's."""
+    from coreseg.datasets import LabelledImage
+    from coreseg.lesion_facts import describe_lesion, thumbnail
+    from coreseg.questions import KINDS
+    from trainers.samples import Case
+
+    image = np.full((96, 128, 3), 90, np.uint8)
+    mask = np.zeros((96, 128), bool)
+    mask[30:60, 40:90] = True
+    image[mask] = 30
+    thumb, thumb_mask = thumbnail(image, mask)
+    case = Case(LabelledImage("busbra", "bus_0001-l", Path("bus_0001-l.png"), Path("m.png"), {}), None,
+                torch.ones(1, 1, 256, 256), (96, 128), describe_lesion(thumb, thumb_mask, "ultrasound"),
+                thumb_mask.shape)
+    rng = random.Random(0)
+    asked = {"present": set(), "absent": set()}
+    for _ in range(400):
+        sample = case.sample(rng, FRAME)
+        answer = parse_answer(sample.answer, (FRAME, FRAME)).answer
+        kind = "present" if sample.boxes else "absent"
+        assert answer.present is (kind == "present")
+        words = sample.question
+        for singular, _ in KINDS.values():
+            words = words.replace(singular, "{kind}")
+        asked[kind].add(words)
+    shared = asked["present"] & asked["absent"]
+    assert "Segment the {kind} that most warrants a biopsy." in shared, shared
+    assert len(shared) >= 6

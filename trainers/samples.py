@@ -17,12 +17,13 @@ from coreseg.geometry import mask_to_low_res
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import thumbnail
 from trainers.features import feature_path, interleave, load_features
-from coreseg.questions import KINDS, kind_question, sample_question
+from coreseg.questions import KINDS, sample_question, worded_question
 from coreseg.lesion_facts import LesionFacts, describe_lesion
 from trainers.reasoning import MODALITY_OF, build_reasoning, describe_absence, target_name
 
 
 ABSENT_SHARE = 0.1  # of single-scan samples: a question about a kind of finding the scan does not show
+NAMED_SHARE = 0.3   # of the other single-scan samples: the question names the kind in the absent questions' words
 
 
 @dataclass
@@ -57,10 +58,11 @@ class Case:
         `coreseg.geometry.Frames` (e.g. "box": the model's `box_frame`)."""
         return Frames(self.size, box_frame=box_frame).boxes(self.facts.boxes, self.thumb_size, frame)
 
-    def sample_text(self, rng: random.Random, frame: int) -> tuple[str, str]:
-        """(question, answer in the model's box frame), worded anew from `rng`."""
+    def sample_text(self, rng: random.Random, frame: int, question: str | None = None) -> tuple[str, str]:
+        """(question, answer in the model's box frame), worded anew from `rng` (the question from the plain bank
+        unless given)."""
         key = self.set_name
-        question = sample_question(key, self.item.labels, rng)
+        question = question or sample_question(key, self.item.labels, rng)
         reasoning = build_reasoning(self.facts, key, self.item.labels, rng, modality=MODALITY_OF.get(key))
         boxes = self.boxes("box", frame)
         return question, render_answer(reasoning, target_name(key, len(boxes)), boxes)
@@ -72,8 +74,9 @@ class Case:
         if others and rng.random() < absent_share:
             asked = rng.choice(others)
             answer = render_answer(describe_absence(asked, [self.set_name], rng), KINDS[asked][0], [])
-            return Sample(kind_question(asked, rng), answer, torch.zeros_like(self.target), [])
-        question, answer = self.sample_text(rng, frame)
+            return Sample(worded_question(asked, rng), answer, torch.zeros_like(self.target), [])
+        named = self.set_name in KINDS and rng.random() < NAMED_SHARE  # asked as absent kinds are asked
+        question, answer = self.sample_text(rng, frame, worded_question(self.set_name, rng) if named else None)
         return Sample(question, answer, self.target, self.boxes("box", frame))
 
 
