@@ -153,15 +153,17 @@ def test_full_profile_tiny_weights_load_predict_train_and_checkpoint(tiny_full_c
 
 def test_shipped_compact_model_loads_and_answers_in_format():
     """The app's embedded default: the trained checkpoint in assets/ loads through the real path and
-    writes a strictly valid answer with a mask on a bundled example scan."""
+    answers each bundled example's question (the app offers them) validly, naming its finding, with a mask."""
     from coreseg.config import ASSETS_DIR, DEFAULT_CHECKPOINT
     from coreseg.scan_io import read_scan
 
     predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
     card = (ASSETS_DIR / "coreseg-compact" / "MODEL_CARD.md").read_text()
     assert predictor.trained and f"(`{predictor.model_version}`)" in card.splitlines()[0], "the card names the model"
-    scan = read_scan(ASSETS_DIR / "examples" / "bus_0859-l.png")
-    candidate = predictor.predict(scan.display, "Segment the mass in this ultrasound.", 1, temperature=0.0)[0]
-    assert candidate.parsed.ok, candidate.parsed.errors
-    assert candidate.parsed.answer.target == "breast mass"
-    assert 0 < candidate.mask.sum() < 0.5 * candidate.mask.size
+    targets = {"US": "breast mass", "endoscopy": "polyp"}
+    for example in json.loads((ASSETS_DIR / "examples" / "examples.json").read_text()):  # the app's examples
+        scan = read_scan(ASSETS_DIR / "examples" / example["file"])
+        candidate = predictor.predict(scan.display, example["question"], 1, temperature=0.0)[0]
+        assert candidate.parsed.ok, (example["file"], candidate.parsed.errors)
+        assert candidate.parsed.answer.target == targets[example["modality"]], (example["file"], candidate.text)
+        assert 0 < candidate.mask.sum() < 0.5 * candidate.mask.size, example["file"]
