@@ -3,9 +3,9 @@
 transformers' generic forward costs about 6 ms a token on a CPU for the 4-layer, 256-wide compact LM
 whose arithmetic takes a fraction of a millisecond: cache objects, mask building and hooks. This is
 the same computation (RMSNorm, rotary embedding, SDPA attention, SwiGLU MLP, tied head) over
-preallocated key/value tensors, reading the LM's own modules and weights, so that a question's 4
-candidates cost about one image encoding (issue 12). The prompt is run once and its keys and values
-copied to every sampled row. Tests hold its logits to the transformers forward's.
+preallocated key/value tensors, reading the LM's own modules and weights (issue 12: 4.2 against 7–8 ms a
+token at one thread, measured on an EPYC of this project's CPU machines). The prompt is run once and its keys
+and values copied to every sampled row. Tests hold its logits to the transformers forward's.
 """
 from __future__ import annotations
 
