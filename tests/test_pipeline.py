@@ -46,6 +46,18 @@ def test_sft_writes_epochs_and_resumes(trained):
     assert info.model_version.endswith("-e3") and info.trained
 
 
+def test_sft_from_a_checkpoint_names_its_version_as_parent(tiny_sft, tmp_path):
+    """A warm start records the model version it grew from (the lineage the store and model card show),
+    not a path on the machine that trained it."""
+    source, data, cache = tiny_sft
+    _, start = load_checkpoint(source / "sft" / "last")
+    sft.main(["--data", str(data), "--cache", str(cache), "--out", str(tmp_path / "ft"), "--sets", "busbra",
+              "--init", str(source / "sft" / "last"), "--epochs", "1", "--batch-size", "3", "--val-limit", "2",
+              "--threads", "1", "--version", "tiny-ft"])
+    _, info = load_checkpoint(tmp_path / "ft" / "last")
+    assert info.model_version == "tiny-ft-e1" and info.parent == start.model_version
+
+
 def test_grpo_then_eval(trained, tmp_path):
     root, data, cache = trained
     out = root / "grpo"

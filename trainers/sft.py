@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coreseg.checkpoint import load_checkpoint, save_checkpoint
+from coreseg.checkpoint import load_checkpoint, read_info, save_checkpoint
 from coreseg.config import ModelConfig, ReasonerConfig
 from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice, mask_box
@@ -234,6 +234,7 @@ def main(argv=None) -> None:
     core = accelerator.unwrap_model(model)
     image_size = core.segmenter.image_size
     version = args.version or f"sft-{time.strftime('%Y%m%d-%H%M')}"
+    parent = read_info(args.init).model_version if args.init else None  # a version, not this machine's path
     # one writer: under `accelerate launch` only the main process keeps the log
     log = (out / "log.csv").open("a", newline="") if accelerator.is_main_process else open(os.devnull, "w")
     writer = csv.writer(log)
@@ -275,7 +276,7 @@ def main(argv=None) -> None:
             log.flush()
             accelerator.print(f"epoch {epoch + 1}: " + json.dumps(metrics))
             for name in (f"epoch-{epoch + 1}", "last"):  # each save is atomic: a kill keeps the previous `last`
-                save_checkpoint(core, out / name, f"{version}-e{epoch + 1}", metrics=metrics, parent=args.init)
+                save_checkpoint(core, out / name, f"{version}-e{epoch + 1}", metrics=metrics, parent=parent)
             torch.save({"epoch": epoch, "step": step, "optimizer": optimizer.state_dict()}, state_file.with_suffix(".tmp"))
             state_file.with_suffix(".tmp").replace(state_file)
         accelerator.wait_for_everyone()
