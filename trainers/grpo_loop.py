@@ -251,15 +251,15 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     union of the processes' groups; only the main process writes.
     """
     from accelerate import Accelerator
+    from accelerate.utils import gather_object
 
     accelerator = Accelerator()
+
+    distributed = accelerator.num_processes > 1
 
     def world_counts(counts):
         total = accelerator.reduce(torch.tensor(counts, dtype=torch.float64, device=accelerator.device), "sum")
         return float(total[0]), float(total[1]), accelerator.num_processes
-
-    if accelerator.num_processes == 1:
-        world_counts = None
     model.to(accelerator.device)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
@@ -285,18 +285,15 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         model.eval()  # sampling without dropout; the loss pass below is deterministic too
         groups = make_groups(step, predictor, generator)
         model.train()
-        loss, stats = grpo_loss(model, reference, groups, cfg, predictor, world_counts)
+        loss, stats = grpo_loss(model, reference, groups, cfg, predictor, world_counts if distributed else None)
         if loss.requires_grad:  # all groups dropped and no mask to train: nothing to learn this step
             loss.backward()
-        if accelerator.num_processes > 1:
+        if distributed:
             average_gradients(accelerator, list(model.trainable_parameters()))
+            stats = merge_stats(gather_object([stats]))
         torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            stats = merge_stats(gather_object([stats]))
         if log:
             log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
         if accelerator.is_main_process and ((step + 1) % save_every == 0 or step + 1 == steps):
