@@ -56,7 +56,9 @@ class AdapterConfig:
     num_slots: int = 8                    # tokens the residual MLP expands the state into
     num_tokens: int = 4                   # prompt tokens after attention pooling
     num_blocks: int = 2
-    box_tokens: bool = True               # a box regressed from `<seg>`, given to SAM as two corner tokens
+    box_tokens: bool = True               # a box from `<seg>`, given to SAM as two corner tokens
+    box_pointer: bool = True              # that box from where `<seg>` points on the image tokens (box_pointer.py);
+                                          # False: regressed from the `<seg>` state alone
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,8 @@ class ModelConfig:
                 bad = set(value) - sub_known
                 if bad:
                     raise ValueError(f"unknown {key} config keys: {sorted(bad)}")
-                if key == "adapter":  # checkpoints written before the box tokens
-                    value = {"box_tokens": False, **value}
+                if key == "adapter":  # checkpoints written before the box tokens / the pointer
+                    value = {"box_tokens": False, "box_pointer": False, **value}
                 if "lora_targets" in value:
                     value = {**value, "lora_targets": tuple(value["lora_targets"])}
                 kwargs[key] = sub(**value)

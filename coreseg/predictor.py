@@ -126,10 +126,10 @@ class CoreSegPredictor:
 
     def _draw(self, image, embedding, question, ids, logps, texts, box_prompt, sampling) -> list[Candidate]:
         height, width = image.shape[:2]
-        _, hidden = self.model.reasoner.forward_completions([image] * len(ids), embedding.expand(len(ids), -1, -1, -1),
-                                                            [question] * len(ids), ids)
+        _, hidden, states = self.model.reasoner.forward_completions(
+            [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
         boxes = self._prompt_boxes(texts, (height, width)) if box_prompt else None
-        masks = self.model.decode_masks(embedding, hidden, ids, boxes=boxes)  # no <seg>: no probe, empty mask
+        masks = self.model.decode_masks(embedding, hidden, ids, image=states, boxes=boxes)  # no <seg>: no probe, empty mask
         low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]
         probe_boxes = [None] * len(ids)
         if masks["probe_boxes"] is not None:

@@ -99,8 +99,10 @@ def test_an_answer_without_seg_has_no_probe_and_an_empty_mask(model):
     assert a.probe is not None and b.probe is None
     assert not b.mask.any()
     assert not b.parsed.ok and any(SEG_TOKEN in e for e in b.parsed.errors)
-    _, hidden = model.reasoner.forward_completions([image] * 2, None, ["Q"] * 2, [with_seg, without])
-    masks = model.decode_masks(model.segmenter.encode(image), hidden, [with_seg, without])
+    _, hidden, states = model.reasoner.forward_completions([image] * 2, None, ["Q"] * 2, [with_seg, without])
+    masks = model.decode_masks(model.segmenter.encode(image), hidden, [with_seg, without], image=states)
+    assert states[0].states.shape == (states[0].rows * states[0].cols, hidden[0].shape[-1]), \
+        "the box pointer's cells are the merged vision tokens"
     assert masks["rows"] == [0] and (masks["logits"][1] < 0).all()
     assert tok.convert_tokens_to_ids(SEG_TOKEN) in with_seg
 
@@ -140,7 +142,7 @@ def test_completions_of_one_image_share_one_vision_pass_and_rescore_to_ratio_one
     try:
         ids, logps = model.reasoner.generate(image, None, "Q?", 3, 0.7, 0.9, torch.Generator().manual_seed(1))
         calls.clear()
-        logits, hidden = model.reasoner.forward_completions([image] * 3, None, ["Q?"] * 3, ids)
+        logits, hidden, _ = model.reasoner.forward_completions([image] * 3, None, ["Q?"] * 3, ids)
     finally:
         handle.remove()
     assert len(calls) == 1, f"{len(calls)} vision passes for 3 completions of one image"

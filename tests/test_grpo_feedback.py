@@ -96,7 +96,7 @@ def test_stored_candidates_are_rescored_with_their_own_temperature_and_top_p(pre
     assert group.columns["human_rank"] == [1, 2, None, None]
     n = len(group.completions)
     with torch.no_grad():
-        logits, _ = predictor.model.reasoner.forward_completions([image] * n, group.embedding.expand(n, -1, -1, -1),
+        logits, *_ = predictor.model.reasoner.forward_completions([image] * n, group.embedding.expand(n, -1, -1, -1),
                                                                  [group.question] * n, group.completions)
     for i in range(n):
         t, p = group.sampling_of(i, cfg)

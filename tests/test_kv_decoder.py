@@ -39,7 +39,7 @@ def test_greedy_answers_are_the_argmax_of_the_teacher_forced_forward():
     embedding = predictor.embedding(image)
     with torch.no_grad():
         ids, logps = reasoner.generate(image, embedding, "Outline the lesion.", 2, 0.0, 1.0, torch.Generator())
-        logits, _ = reasoner.forward_completions([image] * 2, embedding.expand(2, -1, -1, -1),
+        logits, *_ = reasoner.forward_completions([image] * 2, embedding.expand(2, -1, -1, -1),
                                                  ["Outline the lesion."] * 2, ids)
     assert ids[0] == ids[1] and len(ids[0]) > 20
     assert ids[0][-1] in reasoner.stop_ids

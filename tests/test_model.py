@@ -133,6 +133,20 @@ def test_compact_sft_step_updates_trainable_and_keeps_frozen_bitwise():
     assert not any(p.requires_grad for p in model.segmenter.image_encoder.parameters())
 
 
+def test_an_image_encoded_in_training_mode_gets_its_inference_embedding():
+    """LiteMedSAM's encoder has batch norms: in a model switched to training it must still encode an image as
+    at inference (trainers that encode on the fly would otherwise train on other embeddings)."""
+    torch.manual_seed(0)
+    model = CoreSeg.build(ModelConfig(reasoner=SMALL_REASONER))
+    image, _ = lesion_image()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.segmenter.image_encoder.modules())
+    built = model.segmenter.encode(image)  # a module is built in training mode
+    inference = model.eval().segmenter.encode(image)
+    training = model.train().segmenter.encode(image)
+    assert model.segmenter.mask_decoder.training and not model.segmenter.image_encoder.training
+    assert torch.equal(training, inference) and torch.equal(built, inference)
+
+
 def test_full_profile_tiny_weights_load_predict_train_and_checkpoint(tiny_full_config, tmp_path):
     model = CoreSeg.build(tiny_full_config).eval()
     lora = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("reasoner.")]

@@ -26,7 +26,7 @@ from tiny_models import TINY_VIT
 SIZE = 128
 SIDES = ("left", "right")
 QUESTIONS = [f"Segment the lesion in the {side} part of the image." for side in SIDES]
-OVERFIT_STEPS = 100
+OVERFIT_STEPS = 150
 TINY_REASONER = ReasonerConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_new_tokens=40)
 
 
@@ -60,8 +60,8 @@ def completions(model: CoreSeg, blobs) -> list[list[int]]:
 
 @torch.no_grad()
 def probes_and_logits(model: CoreSeg, image, embedding, comps):
-    _, hidden = model.reasoner.forward_completions([image] * 2, embedding.expand(2, -1, -1, -1), QUESTIONS, comps)
-    masks = model.decode_masks(embedding, hidden, comps)
+    _, hidden, states = model.reasoner.forward_completions([image] * 2, embedding.expand(2, -1, -1, -1), QUESTIONS, comps)
+    masks = model.decode_masks(embedding, hidden, comps, image=states)
     return torch.stack(masks["probes"]), masks["logits"]
 
 
@@ -79,9 +79,48 @@ def test_swapping_seg_states_swaps_the_masks_even_untrained():
     assert torch.allclose(swapped, logits.flip(0), atol=1e-4), "the mask is not a function of the probe"
 
 
+def test_cell_centres_tile_the_image_row_major():
+    """A 2 × 3 grid (Qwen's merged vision tokens need not be square): centres of the cells, row by row."""
+    from coreseg.modeling.box_pointer import ImageStates
+
+    centres = ImageStates(torch.zeros(6, 4), rows=2, cols=3).centres()
+    assert torch.allclose(centres, torch.tensor([[1 / 6, 0.25], [0.5, 0.25], [5 / 6, 0.25],
+                                                 [1 / 6, 0.75], [0.5, 0.75], [5 / 6, 0.75]]))
+
+
+def test_the_pointer_learns_to_point_where_each_query_names():
+    """Two `<seg>` states over one image of 4 × 4 random cell states, one naming the top-left corner, one the
+    bottom-right: trained by the SFT box terms, each box lands on its own target and the pointer's weights
+    concentrate there (the pointer's loss falls below half of its start)."""
+    from coreseg.modeling.box_pointer import BoxPointer, ImageStates
+    from coreseg.modeling.losses import box_loss, pointer_loss
+
+    torch.manual_seed(0)
+    pointer = BoxPointer(in_dim=16, dim=16)
+    image = ImageStates(torch.randn(16, 16), rows=4, cols=4)
+    seg = torch.randn(2, 16)
+    goal = torch.tensor([[0.0, 0.0, 0.25, 0.25], [0.75, 0.75, 1.0, 1.0]])
+    targets = torch.zeros(2, 1, 64, 64)
+    targets[0, 0, :16, :16] = targets[1, 0, 48:, 48:] = 1
+    optimizer = torch.optim.Adam(pointer.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        boxes, logits = pointer(seg, [image, image])
+        cells = pointer_loss(logits, targets, [(4, 4)] * 2)
+        first = float(cells) if first is None else first
+        optimizer.zero_grad()
+        (box_loss(boxes, goal) + cells).backward()
+        optimizer.step()
+    boxes, logits = pointer(seg, [image, image])
+    assert float(pointer_loss(logits, targets, [(4, 4)] * 2)) < first / 2
+    for box, truth, row in zip(boxes.detach(), goal, logits):
+        assert box_iou(tuple(box.tolist()), tuple(truth.tolist())) > 0.7
+        assert int(row.argmax()) == (0 if truth[0] == 0 else 15)
+
+
 @pytest.fixture(scope="module")
 def overfit():
-    """A hundred AdamW steps of CoreSeg.forward's SFT loss on one image with the two questions: a tiny
+    """150 AdamW steps of CoreSeg.forward's SFT loss on one image with the two questions: a tiny
     reasoner from scratch over the compact profile's LiteMedSAM."""
     torch.manual_seed(0)
     model = CoreSeg.build(ModelConfig(reasoner=TINY_REASONER))
@@ -172,32 +211,38 @@ def test_candidates_carry_findings_checked_against_their_own_masks():
     assert "UNTRAINED" in text and "✔ box 1" in text and "✔ location: stated middle left" in text
 
 
-def test_checkpoints_before_box_tokens_load_as_they_were_and_grow_them(tmp_path):
-    """A checkpoint config without `box_tokens` (the shipped model's) rebuilds without them; `with_box_tokens`
-    keeps every trained weight and adds the head, and the probe gains SAM's two box-corner tokens."""
+@pytest.mark.parametrize("written_before", ["box_tokens", "box_pointer"])
+def test_checkpoints_before_the_box_pointer_load_as_they_were_and_grow_it(tmp_path, written_before):
+    """A checkpoint config without `box_tokens` (compact-grpo) or without `box_pointer` (compact-grpo6, a
+    regressed box head) rebuilds as it was written; `with_box_pointer` keeps every trained weight but the old
+    box head, adds the pointer, and the probe has SAM's two box-corner tokens after the learned ones."""
     from dataclasses import replace
 
     from coreseg.checkpoint import load_checkpoint, save_checkpoint
 
     base = tiny_model()
-    old = CoreSeg(replace(base.config, adapter=replace(base.config.adapter, box_tokens=False)), base.reasoner,
-                  base.segmenter)
+    adapter = replace(base.config.adapter, box_tokens=written_before == "box_pointer", box_pointer=False)
+    old = CoreSeg(replace(base.config, adapter=adapter), base.reasoner, base.segmenter)
     path = save_checkpoint(old, tmp_path / "old", "old")
     config = json.loads((path / "coreseg.json").read_text())
-    del config["config"]["adapter"]["box_tokens"]
+    del config["config"]["adapter"]["box_pointer"]
+    if written_before == "box_tokens":
+        del config["config"]["adapter"]["box_tokens"]
     (path / "coreseg.json").write_text(json.dumps(config))
     loaded, _ = load_checkpoint(path, device="cpu")
-    assert not loaded.config.adapter.box_tokens and loaded.adapter.box_head is None
-    grown = loaded.with_box_tokens()
-    assert grown.adapter.box_head is not None
+    assert loaded.config.adapter == adapter and loaded.adapter.pointer is None
+    assert (loaded.adapter.box_head is not None) == (written_before == "box_pointer")
+    grown = loaded.with_box_pointer()
+    assert grown.adapter.pointer is not None and grown.adapter.box_head is None
     before, after = loaded.trainable_state_dict(), grown.trainable_state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert set(after) - set(before) == {k for k in after if k.startswith("adapter.box_head.")}
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("adapter.box_head."))
+    assert set(after) - set(before) == {k for k in after if k.startswith("adapter.pointer.")}
     image, blobs = scene()
     embedding = grown.segmenter.encode(image)
     comps = completions(grown, blobs)
     with torch.no_grad():
         old_probes, _ = probes_and_logits(loaded.eval(), image, embedding, comps)
         new_probes, _ = probes_and_logits(grown.eval(), image, embedding, comps)
-    assert new_probes.shape[1] == old_probes.shape[1] + 2
-    assert torch.allclose(new_probes[:, :-2], old_probes, atol=1e-5), "the learned tokens are kept"
+    learned = old.config.adapter.num_tokens
+    assert new_probes.shape[1] == learned + 2
+    assert torch.allclose(new_probes[:, :learned], old_probes[:, :learned], atol=1e-5), "the learned tokens are kept"

@@ -141,9 +141,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
         images, embeddings, questions = [g.image] * n, g.embedding.expand(n, -1, -1, -1), [g.question] * n
         ref_logits = (reference.logits(images, embeddings, questions, g.completions)
                       if reference is not None and cfg.beta > 0 else None)  # before the policy's graph exists
-        logits, hidden = model.reasoner.forward_completions(images, embeddings, questions, g.completions)
+        logits, hidden, states = model.reasoner.forward_completions(images, embeddings, questions, g.completions)
         with torch.autocast(g.embedding.device.type, dtype=torch.bfloat16, enabled=cfg.bf16_decoder):
-            masks = model.decode_masks(g.embedding, hidden, g.completions)  # no <seg>: empty mask, no DiceCE
+            masks = model.decode_masks(g.embedding, hidden, g.completions, image=states)  # no <seg>: empty mask, no DiceCE
         mask_logits = masks["logits"].float()
         target = F.interpolate(g.target, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
         if masks["rows"]:

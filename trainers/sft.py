@@ -113,7 +113,7 @@ def _full_checkpoint(path) -> bool:
 def build_model(args, cases: list[Case]) -> CoreSeg:
     if args.init:
         model, _ = load_checkpoint(args.init, device="cpu")
-        return model.with_box_tokens() if args.box_tokens else model
+        return model.with_box_pointer() if args.box_pointer else model
     if args.profile == "full":
         from dataclasses import replace
 
@@ -139,10 +139,10 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", choices=["compact", "full"], default="compact")
     parser.add_argument("--pretrained", default="Qwen/Qwen2.5-VL-3B-Instruct", help="full profile: hub id or folder")
     parser.add_argument("--init", default=None, help="start from this checkpoint")
-    parser.add_argument("--box-weight", type=float, default=1.0, help="weight of the probe box's loss (5·L1 + 2·GIoU) "
-                        "against the text loss")
-    parser.add_argument("--box-tokens", action="store_true", help="with --init: add the probe's box tokens to a "
-                        "checkpoint written before them (new models always have them)")
+    parser.add_argument("--box-weight", type=float, default=1.0, help="weight of the probe box's loss (5·L1 + 2·GIoU, "
+                        "+ the pointer's cross-entropy) against the text loss")
+    parser.add_argument("--box-pointer", action="store_true", help="with --init: grow a checkpoint written before the "
+                        "box pointer into it (new models always have it)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="full profile: answer length cap "
                         "(default: the config's)")
     parser.add_argument("--epochs", type=int, default=4)

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from coreseg.answer import ANSWER_CLOSE
 from coreseg.config import ReasonerConfig
 from coreseg.modeling.tokenizer import IM_END, IM_START
+from coreseg.modeling.box_pointer import ImageStates
 from coreseg.modeling.kv_decoder import KVDecoder
 from coreseg.modeling.sampling import sample_tokens
 
@@ -58,9 +59,9 @@ class CompactReasoner(nn.Module):
         return out
 
     def forward_completions(self, images: list[np.ndarray], embeddings: torch.Tensor, questions: list[str],
-                            completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher-forced pass. For each sample: logits predicting each completion token (T × V) and
-        the last layer's hidden state at each completion token (T × H)."""
+                            completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[ImageStates]]:
+        """Teacher-forced pass. For each sample: logits predicting each completion token (T × V), the
+        last layer's hidden state at each completion token (T × H) and at the image tokens (the box pointer's)."""
         prompts = self._prompt_embeds(embeddings, questions)
         embed = self.lm.get_input_embeddings()
         device = prompts[0].device
@@ -73,12 +74,14 @@ class CompactReasoner(nn.Module):
             inputs[i, :s.shape[0]] = s
             attention[i, :s.shape[0]] = 1
         out = self.lm(inputs_embeds=inputs, attention_mask=attention, output_hidden_states=True)
-        logits, hidden = [], []
+        logits, hidden, image = [], [], []
+        first, grid = len(self.tokenizer.encode(f"{IM_START}user\n")), self.cfg.image_grid
         for i, (p, c) in enumerate(zip(prompts, completions)):
             start, end = p.shape[0], p.shape[0] + len(c)
             logits.append(out.logits[i, start - 1:end - 1])
             hidden.append(out.hidden_states[-1][i, start:end])
-        return logits, hidden
+            image.append(ImageStates(out.hidden_states[-1][i, first:first + grid * grid], grid, grid))
+        return logits, hidden, image
 
     @torch.no_grad()
     def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,

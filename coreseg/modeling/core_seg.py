@@ -16,7 +16,7 @@ from coreseg.answer import SEG_TOKEN
 from coreseg.config import ModelConfig
 from coreseg.geometry import LOW_RES
 from coreseg.metrics import mask_box
-from coreseg.modeling.losses import box_loss, dice_ce_loss, token_cross_entropy
+from coreseg.modeling.losses import box_loss, dice_ce_loss, pointer_loss, token_cross_entropy
 from coreseg.modeling.prompt_adapter import SemanticPromptAdapter
 from coreseg.modeling.segmenter import Segmenter
 
@@ -52,16 +52,18 @@ class CoreSeg(nn.Module):
                                     tokenizer=tokenizer)
         return cls(config, reasoner, segmenter)
 
-    def with_box_tokens(self) -> "CoreSeg":
-        """This model grown by the probe's box tokens (a fresh box head; every other weight kept): how a
-        checkpoint written before them is warm-started into the new probe (`trainers.sft --init … --box-tokens`)."""
+    def with_box_pointer(self) -> "CoreSeg":
+        """This model grown by the probe's box tokens from the box pointer (a fresh pointer; every other
+        weight kept, a regressed box head dropped): how a checkpoint written before them is warm-started into
+        the current probe (`trainers.sft --init … --box-pointer`)."""
         from dataclasses import replace
 
-        if self.config.adapter.box_tokens:
+        if self.config.adapter.box_tokens and self.config.adapter.box_pointer:
             return self
-        config = replace(self.config, adapter=replace(self.config.adapter, box_tokens=True))
+        config = replace(self.config, adapter=replace(self.config.adapter, box_tokens=True, box_pointer=True))
         grown = CoreSeg.build(config, tokenizer=self.reasoner.tokenizer)
-        grown.load_state_dict(self.trainable_state_dict(), strict=False)
+        kept = {k: v for k, v in self.trainable_state_dict().items() if not k.startswith("adapter.box_head.")}
+        grown.load_state_dict(kept, strict=False)
         return grown.to(next(self.parameters()).device)
 
     def encode_target(self, answer: str) -> list[int]:
@@ -76,32 +78,37 @@ class CoreSeg(nn.Module):
         (seg,) = self.seg_ids
         return completion.index(seg) if seg in completion else None
 
-    def probe(self, hidden: list[torch.Tensor], completions: list[list[int]]):
+    def probe(self, hidden: list[torch.Tensor], completions: list[list[int]], image: list | None = None):
         """The probe of the R completions that have a `<seg>`: their prompt tokens (R × K × 256; with box
-        tokens the last two are the corners of the probe's own box), their indices, and that box (R × 4,
-        normalised x1 y1 x2 y2; None without box tokens). (None, [], None) when no completion has one."""
+        tokens the last two are the corners of the probe's own box), their indices, that box (R × 4,
+        normalised x1 y1 x2 y2; None without box tokens) and the box pointer's cell logits (per row; None
+        without a pointer, which reads `image`: each completion's `ImageStates`). (None, [], None, None)
+        when no completion has one."""
         rows = [i for i, c in enumerate(completions) if self.seg_position(c) is not None]
         if not rows:
-            return None, [], None
+            return None, [], None, None
         states = torch.stack([hidden[i][self.seg_position(completions[i])] for i in rows])
-        tokens, boxes = self.adapter(states)
+        tokens, boxes, pointer = self.adapter(states, None if image is None else [image[i] for i in rows])
         if boxes is None:
-            return tokens, rows, None
+            return tokens, rows, None, None
         corners = self.segmenter.embed_boxes(boxes * self.segmenter.image_size)
-        return torch.cat([tokens, corners.to(tokens.dtype)], dim=1), rows, boxes
+        return torch.cat([tokens, corners.to(tokens.dtype)], dim=1), rows, boxes, pointer
 
     def decode_masks(self, embeddings: torch.Tensor, hidden: list[torch.Tensor], completions: list[list[int]],
-                     points=None, boxes: torch.Tensor | None = None) -> dict:
+                     image: list | None = None, points=None, boxes: torch.Tensor | None = None) -> dict:
         """Mask logits (B × 1 × 256 × 256) for each completion: its probe (with the optional prompts,
         B-batched) through the decoder; a completion without `<seg>` gets `EMPTY_LOGIT` everywhere (an
         empty mask) and score 0. Returns logits, scores, `probes` (per completion K × 256 or None) and
-        `rows` (the completions with a probe, whose masks the DiceCE may train) with `probe_boxes` (R × 4 or None)."""
+        `rows` (the completions with a probe, whose masks the DiceCE may train) with `probe_boxes` (R × 4 or None)
+        and `pointer` (the box pointer's cell logits per row, or None). `image`: the reasoner's image states
+        (its `forward_completions`' third output), which the box pointer reads."""
         n = len(completions)
-        probe, rows, probe_boxes = self.probe(hidden, completions)
+        probe, rows, probe_boxes, pointer = self.probe(hidden, completions, image)
         device = embeddings.device
         if not rows:
             return {"logits": torch.full((n, 1, LOW_RES, LOW_RES), EMPTY_LOGIT, device=device),
-                    "scores": torch.zeros(n, 1, device=device), "probes": [None] * n, "rows": [], "probe_boxes": None}
+                    "scores": torch.zeros(n, 1, device=device), "probes": [None] * n, "rows": [], "probe_boxes": None,
+                    "pointer": None}
         index = torch.tensor(rows, device=device)
         emb = embeddings if embeddings.shape[0] == 1 else embeddings[index]
         pick = (lambda t: t if t is None or t.shape[0] == 1 else t[index.to(t.device)])
@@ -113,7 +120,8 @@ class CoreSeg(nn.Module):
         probes = [None] * n
         for j, i in enumerate(rows):
             probes[i] = probe[j]
-        return {"logits": logits, "scores": scores, "probes": probes, "rows": rows, "probe_boxes": probe_boxes}
+        return {"logits": logits, "scores": scores, "probes": probes, "rows": rows, "probe_boxes": probe_boxes,
+                "pointer": pointer}
 
     # -- training ---------------------------------------------------------------------------
     def trainable_parameters(self):
@@ -130,10 +138,11 @@ class CoreSeg(nn.Module):
         """The SFT loss (a module's forward, so DDP under `accelerate launch` sees it): text
         cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256) + the probe box's loss
         against the target's tight box (with box tokens). Optional user-style
-        `boxes`/`points` teach the decoder to combine the probe with refinement prompts."""
-        logits, hidden = self.reasoner.forward_completions(images, embeddings, questions, completions)
+        `boxes`/`points` teach the decoder to combine the probe with refinement prompts. With the box pointer
+        its cell logits are also trained towards the target's share of each cell (`pointer_loss`)."""
+        logits, hidden, image = self.reasoner.forward_completions(images, embeddings, questions, completions)
         lm = token_cross_entropy(logits, completions)
-        masks = self.decode_masks(embeddings, hidden, completions, points=points, boxes=boxes)
+        masks = self.decode_masks(embeddings, hidden, completions, image=image, points=points, boxes=boxes)
         mask_logits, rows = masks["logits"], masks["rows"]
         mask = box = lm.new_zeros(())
         if rows:  # a target without <seg> (absent target) trains the text only
@@ -146,5 +155,10 @@ class CoreSeg(nn.Module):
                 size = target_masks.shape[-1]
                 goal = torch.tensor([truth[j] for j in keep], dtype=torch.float32, device=mask_logits.device) / size
                 box = box_loss(masks["probe_boxes"][keep], goal)
+                if masks["pointer"] is not None:
+                    index = torch.tensor([rows[j] for j in keep], device=mask_logits.device)
+                    grids = [(image[rows[j]].rows, image[rows[j]].cols) for j in keep]
+                    box = box + pointer_loss([masks["pointer"][j] for j in keep],
+                                             target_masks.to(mask_logits.device)[index], grids)
         return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(),
                 "box": box.detach(), "mask_logits": mask_logits}

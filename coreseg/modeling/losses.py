@@ -30,3 +30,14 @@ def box_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from torchvision.ops import generalized_box_iou_loss
 
     return 5 * F.l1_loss(pred, target) + 2 * generalized_box_iou_loss(pred, target, reduction="mean")
+
+
+def pointer_loss(logits: list[torch.Tensor], targets: torch.Tensor, grids: list[tuple[int, int]]) -> torch.Tensor:
+    """Cross-entropy of the box pointer's cell logits (per row, N = rows × cols) against the share of
+    each target mask (B × 1 × H × W) in each cell: the pointer learns to point at the named finding."""
+    losses = []
+    for row_logits, target, (rows, cols) in zip(logits, targets, grids):
+        share = F.adaptive_avg_pool2d(target.float()[None], (rows, cols)).flatten()
+        share = share / share.sum().clamp_min(1e-8)
+        losses.append(-(share * torch.log_softmax(row_logits.float(), dim=0)).sum())
+    return torch.stack(losses).mean()

@@ -11,6 +11,9 @@ Why: the last layer's state at `<seg>` is trained to predict the same next token
 small LM trained only through the mask it stays one vector for every image and question (cosine 1.000,
 measured); a direct "where is the target" objective on that state makes it carry the question, and the
 box reaches the decoder in the language a box-trained decoder (MedSAM, LiteMedSAM) already follows.
+With `box_pointer` (the default since compact-pointer1) that box comes from `BoxPointer`: the `<seg>`
+state points at the reasoner's image-token states, so the box can follow the question (which tile, which
+of two lesions) instead of the most salient lesion.
 The answer's *written* boxes are still not fed to SAM (the paper's point against cascades).
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 from coreseg.config import AdapterConfig
+from coreseg.modeling.box_pointer import BoxPointer, ImageStates
 
 SAM_PROMPT_DIM = 256
 
@@ -44,16 +48,23 @@ class SemanticPromptAdapter(nn.Module):
         self.pool = nn.MultiheadAttention(d, num_heads=4, batch_first=True)
         self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, SAM_PROMPT_DIM))
         self.box_head = (nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, d), nn.GELU(), nn.Linear(d, 4))
-                         if cfg.box_tokens else None)
+                         if cfg.box_tokens and not cfg.box_pointer else None)
+        self.pointer = BoxPointer(in_dim, d) if cfg.box_tokens and cfg.box_pointer else None
 
-    def forward(self, seg_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`<seg>` states (B, in_dim) → prompt tokens (B, num_tokens, 256) and the probe's box (B, 4: x1 y1 x2 y2
-        in [0, 1] of the square frame, x1 ≤ x2 and y1 ≤ y2; None without `box_tokens`)."""
+    def forward(self, seg_hidden: torch.Tensor, images: list[ImageStates] | None = None):
+        """`<seg>` states (B, in_dim) and, for the pointer, each one's image states → prompt tokens
+        (B, num_tokens, 256), the probe's box (B, 4: x1 y1 x2 y2 in [0, 1] of the square frame, x1 ≤ x2 and
+        y1 ≤ y2; None without `box_tokens`) and the pointer's logits over image cells (list of B; None
+        without a pointer)."""
         slots = self.blocks(self.lift(seg_hidden.float()).view(seg_hidden.shape[0], self.num_slots, -1))
         queries = self.queries.unsqueeze(0).expand(seg_hidden.shape[0], -1, -1)
         pooled, _ = self.pool(queries, slots, slots, need_weights=False)
-        box = None
-        if self.box_head is not None:
+        box = pointer_logits = None
+        if self.pointer is not None:
+            if images is None:
+                raise ValueError("the box pointer needs the reasoner's image states")
+            box, pointer_logits = self.pointer(seg_hidden, images)
+        elif self.box_head is not None:
             centre, size = torch.sigmoid(self.box_head(seg_hidden.float())).split(2, dim=-1)
             box = torch.cat([centre - size / 2, centre + size / 2], dim=-1).clamp(0.0, 1.0)
-        return self.out(pooled + queries), box
+        return self.out(pooled + queries), box, pointer_logits

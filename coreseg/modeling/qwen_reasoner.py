@@ -16,6 +16,7 @@ from PIL import Image
 from torch import nn
 
 from coreseg.config import ReasonerConfig
+from coreseg.modeling.box_pointer import ImageStates
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.modeling.tokenizer import ANSWER_TOKENS, add_answer_tokens, end_of_turn_id
 
@@ -85,20 +86,21 @@ class QwenReasoner(nn.Module):
 
     def forward_completions(self, images: list[np.ndarray], embeddings: torch.Tensor | None, questions: list[str],
                             completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher-forced pass; per sample the logits predicting each completion token and the last
-        layer's hidden state at each completion token. Samples that share an image (the same array)
+        """Teacher-forced pass; per sample the logits predicting each completion token, the last
+        layer's hidden state at each completion token and at the image tokens (`ImageStates`). Samples that share an image (the same array)
         and a question form one batch over one vision pass (the frozen tower runs without grad)."""
         groups: dict[tuple[int, str], list[int]] = {}
         for i, (image, question) in enumerate(zip(images, questions)):
             groups.setdefault((id(image), question), []).append(i)
         logits: list = [None] * len(completions)
         hidden: list = [None] * len(completions)
+        image: list = [None] * len(completions)
         for rows in groups.values():
-            out_logits, out_hidden = self._forward_group(images[rows[0]], questions[rows[0]],
-                                                         [completions[i] for i in rows])
+            out_logits, out_hidden, out_image = self._forward_group(images[rows[0]], questions[rows[0]],
+                                                                    [completions[i] for i in rows])
             for j, i in enumerate(rows):
-                logits[i], hidden[i] = out_logits[j], out_hidden[j]
-        return logits, hidden
+                logits[i], hidden[i], image[i] = out_logits[j], out_hidden[j], out_image[j]
+        return logits, hidden, image
 
     def _forward_group(self, image: np.ndarray, question: str, completions: list[list[int]]):
         device = next(self.lm.parameters()).device
@@ -125,7 +127,12 @@ class QwenReasoner(nn.Module):
                       mm_encoder_outputs={"image": vision}, output_hidden_states=True, **extra)
         logits = [out.logits[i, start - 1:start + len(c) - 1] for i, c in enumerate(completions)]
         hidden = [out.hidden_states[-1][i, start:start + len(c)] for i, c in enumerate(completions)]
-        return logits, hidden
+        # the merged vision tokens tile the (resized) image row-major: rows × cols cells of the box pointer
+        _, h, w = (int(v) for v in prompt["image_grid_thw"][0])
+        merge = self.lm.config.vision_config.spatial_merge_size
+        where = (prompt["input_ids"][0] == self.lm.config.image_token_id).nonzero().flatten()
+        image = [ImageStates(out.hidden_states[-1][i, where], h // merge, w // merge) for i in range(n)]
+        return logits, hidden, image
 
     @torch.no_grad()
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None, question: str, n: int, temperature: float,
