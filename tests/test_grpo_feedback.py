@@ -77,6 +77,54 @@ def test_groups_of_unequal_size_train(predictor):
     model.zero_grad(set_to_none=True)
 
 
+def test_the_supervised_anchor_trains_the_probe_box_and_pointer_on_the_policys_texts(predictor):
+    """GRPO's supervised anchor is `CoreSeg.probe_losses` on the sampled completions: beside DiceCE, the probe
+    box's and the box pointer's loss, weighted by `box_weight` (the pointer drifted off the named finding
+    when GRPO trained the masks by DiceCE alone)."""
+    model = predictor.model
+    group = _group(predictor, 2, 3)
+    ids = [model.encode_target(TEXT)] * 2
+    group = Group(None, group.embedding, group.target, group.gt_boxes, group.question, ids,
+                  [[0.0] * len(c) for c in ids], sampling=[(1.0, 1.0)] * 2)
+    losses = {w: float(grpo_loss(model, None, [group], GRPOConfig(beta=0.0, box_weight=w), predictor)[0].detach())
+              for w in (0.0, 1.0)}
+    with torch.no_grad():
+        n = len(ids)
+        _, hidden, states = model.reasoner.forward_completions([None] * n, group.embedding.expand(n, -1, -1, -1),
+                                                               [group.question] * n, ids)
+        masks = model.decode_masks(group.embedding, hidden, ids, image=states)
+        _, box = model.probe_losses(masks, group.target > 0.5, states)
+    assert masks["pointer"] is not None and float(box) > 0.1
+    assert losses[1.0] - losses[0.0] == pytest.approx(float(box), rel=1e-3)
+
+
+def test_a_frozen_reasoner_keeps_the_text_and_trains_the_mask_path(tmp_path):
+    """`--freeze-reasoner`: a GRPO step moves the adapter (box pointer included) and the decoder, leaves every
+    language-model weight bitwise, and the checkpoint still holds the reasoner."""
+    from safetensors.torch import load_file
+
+    from trainers.grpo_loop import train_groups
+
+    torch.manual_seed(0)
+    model = CoreSeg.build(ModelConfig(reasoner=SMALL), pretrained_segmenter=False)
+    ids = [model.encode_target(TEXT)] * 2
+    target = torch.zeros(1, 1, 256, 256)
+    target[..., 40:120, 60:160] = 1
+    embedding = torch.randn(1, 256, 64, 64)
+
+    def make_groups(step, predictor, generator):
+        return [Group(None, embedding, target, [(60, 40, 160, 120)], "Outline the lesion.", ids,
+                      [[0.0] * len(c) for c in ids], sampling=[(1.0, 1.0)] * 2)]
+
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    final = train_groups(model, make_groups, 1, GRPOConfig(beta=0.0, lr=1e-3, freeze_reasoner=True), tmp_path, "t")
+    saved = load_file(str(final / "trainable.safetensors"))
+    moved = {k for k in before if not torch.equal(saved[k].float(), before[k].half().float())}
+    assert moved and not any(k.startswith("reasoner.") for k in moved)
+    assert any(k.startswith("adapter.pointer.") for k in moved) and any(k.startswith("segmenter.") for k in moved)
+    assert {k for k in before if k.startswith("reasoner.")} <= set(saved)
+
+
 def test_stored_candidates_are_rescored_with_their_own_temperature_and_top_p(predictor):
     from trainers.feedback import FeedbackCase, feedback_groups
 

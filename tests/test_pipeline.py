@@ -83,3 +83,35 @@ def test_grpo_then_eval(trained, tmp_path):
         dices = [r["dice"] for r in result["records"] if r["method"] == method]
         assert result["summary"]["busbra"][method]["dice"] == pytest.approx(sum(dices) / len(dices))
     assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_soup_interpolates_a_run_and_its_continuation(trained, tmp_path):
+    """`trainers.soup`: alpha 1 and 0 give back each checkpoint's tensors, 0.5 their mean; the soup names its
+    second checkpoint as parent; checkpoints of different architectures are refused."""
+    import torch
+
+    from trainers import soup
+
+    root, data, cache = trained
+    first, _ = load_checkpoint(root / "sft" / "epoch-1", device="cpu")
+    second, info = load_checkpoint(root / "sft" / "last", device="cpu")
+    a, b = first.trainable_state_dict(), second.trainable_state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    soup.main([str(root / "sft" / "epoch-1"), str(root / "sft" / "last"), "--alpha", "0.5", "--out", str(tmp_path / "s")])
+    mixed, mixed_info = load_checkpoint(tmp_path / "s", device="cpu")
+    m = mixed.trainable_state_dict()
+    assert all(torch.allclose(m[k].float(), (a[k].float() + b[k].float()) / 2, atol=2e-3) for k in a)
+    assert mixed_info.parent == info.model_version
+    for alpha, expected in ((1.0, a), (0.0, b)):
+        model, _ = load_checkpoint(root / "sft" / "epoch-1", device="cpu")
+        other, _ = load_checkpoint(root / "sft" / "last", device="cpu")
+        got = soup.interpolate(model, other, alpha).trainable_state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in a)
+    from dataclasses import replace
+
+    from coreseg.modeling.core_seg import CoreSeg
+
+    config = replace(second.config, reasoner=replace(second.config.reasoner, num_layers=1))
+    shallower = CoreSeg.build(config, tokenizer=second.reasoner.tokenizer)
+    with pytest.raises(ValueError, match="different architectures"):
+        soup.interpolate(shallower, second, 0.5)

@@ -1,5 +1,5 @@
 """Stage 2, GRPO: sample a group of answers per case, reward them, push the policy toward the
-better ones, keep DiceCE on the mask path.
+better ones, keep a supervised anchor on the mask path (DiceCE, the probe's box and pointer).
 
 Ground-truth mode (labelled images):
     python -m trainers.grpo --data ../shared/data --cache runs/features --base CKPT --out DIR \
@@ -16,7 +16,10 @@ A step, as plain as we could write it:
      `trainers.rewards`; group-normalised advantages (groups may differ in size); groups whose rewards
      span less than `min_reward_spread` of the reward range are dropped and counted (`groups_dropped`);
   4. loss = clipped-ratio policy term + β·KL (k3) per token, normalised over all kept tokens (DAPO),
-     + DiceCE of every completion's mask against the truth.
+     + DiceCE of every completion's mask against the truth + `--box-weight` × its probe box's and box pointer's
+     loss, so that pointing is trained on the texts the policy writes (measured from compact-sft7, 150 steps:
+     with it absent kinds 91.4 % empty against 62.9 % without, probe box IoU 0.503 against 0.455; neither run
+     kept sft7's referring accuracy, README).
 Writes `DIR/log.csv`, `DIR/curves.png` (reward and KL), a checkpoint `DIR/last` (and `DIR/final`).
 The engine (config, groups, loss, loop) is `trainers.grpo_loop`, shared with `trainers.feedback`.
 """
@@ -85,6 +88,10 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-cases", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--beta", type=float, default=0.01)
+    parser.add_argument("--freeze-reasoner", action="store_true", help="keep the language model as it is and train "
+                        "the mask path (adapter, box pointer, decoder) by the supervised anchor on its own sampled texts")
+    parser.add_argument("--box-weight", type=float, default=0.3, help="the probe box's and pointer's loss in the "
+                        "supervised anchor (beside DiceCE)")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--human-weight", type=float, default=0.5)
@@ -112,6 +119,7 @@ def main(argv=None) -> None:
     from trainers.samples import attach_embeddings, load_cases, split_development
 
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
+                     box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner,
                      bf16_decoder=decoder_bf16(args.precision))
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself

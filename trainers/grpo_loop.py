@@ -19,7 +19,6 @@ from tqdm import tqdm
 from coreseg.checkpoint import save_checkpoint
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
-from coreseg.modeling.losses import dice_ce_loss
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.precision import use_bf16
 from coreseg.predictor import CoreSegPredictor
@@ -36,6 +35,8 @@ class GRPOConfig:
     top_p: float = 1.0
     lr: float = 2e-5
     mask_weight: float = 1.0
+    box_weight: float = 0.3       # the probe box's loss (and the box pointer's) inside the supervised anchor
+    freeze_reasoner: bool = False  # train the mask path only (adapter, pointer, decoder) on the policy's own texts
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
     bf16_decoder: bool = False    # bfloat16 autocast for the mask decoder only (the policy's log-probs stay fp32)
     weights: RewardWeights = field(default_factory=RewardWeights)
@@ -127,7 +128,8 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
               predictor: CoreSegPredictor, world_counts=None) -> tuple[torch.Tensor, dict]:
     """The loss of one batch of groups and what to log (rewards per term, KL, dropped share, Dice).
 
-    The policy term is normalised by the batch's completion tokens and the DiceCE by its groups with a mask.
+    The policy term is normalised by the batch's completion tokens and the supervised anchor (DiceCE + the probe
+    box's and pointer's loss, `CoreSeg.probe_losses`) by its groups with a mask.
     Under `accelerate launch`, `world_counts([tokens, masks])` returns those counts summed over the processes
     and the process count; each process then scales its sums so that the mean of the processes' gradients is
     the gradient of the whole batch (a process whose groups all lack a mask no longer halves the others')."""
@@ -146,9 +148,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
             masks = model.decode_masks(g.embedding, hidden, g.completions, image=states)  # no <seg>: empty mask, no DiceCE
         mask_logits = masks["logits"].float()
         target = F.interpolate(g.target, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
-        if masks["rows"]:
-            index = torch.tensor(masks["rows"], device=mask_logits.device)
-            mask_losses.append(dice_ce_loss(mask_logits[index], target.float().expand(len(index), -1, -1, -1)))
+        if masks["rows"]:  # the supervised anchor: DiceCE, and the probe's box and pointer on the policy's own texts
+            mask_loss, box_loss = model.probe_losses(masks, target, states)
+            mask_losses.append(mask_loss + cfg.box_weight * box_loss)
         pred = (mask_logits.detach() > 0)[:, 0].cpu().numpy()
         truth = target[0, 0].cpu().numpy()
         texts = [predictor.decode_text(c) for c in g.completions]
@@ -264,7 +266,9 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
     reference = ReferencePolicy(model) if cfg.beta > 0 else None  # the start (SFT) policy, also when resuming
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=0.0)
+    trained = [p for n, p in model.named_parameters()
+               if p.requires_grad and not (cfg.freeze_reasoner and n.startswith("reasoner."))]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     start = 0
     if resume and state_file.exists():
         from safetensors.torch import load_file
@@ -289,11 +293,11 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
         if loss.requires_grad:  # all groups dropped and no mask to train: nothing to learn this step
             loss.backward()
         if distributed:
-            average_gradients(accelerator, list(model.trainable_parameters()))
+            average_gradients(accelerator, trained)
             stats = merge_stats(gather_object([stats]))
-        torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         if log:
             log.write({"step": step + 1, **stats, "seconds": time.time() - t0})
         if accelerator.is_main_process and ((step + 1) % save_every == 0 or step + 1 == steps):

@@ -10,6 +10,7 @@ reward). No other token stands in for `<seg>`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from coreseg.answer import SEG_TOKEN
@@ -143,22 +144,36 @@ class CoreSeg(nn.Module):
         logits, hidden, image = self.reasoner.forward_completions(images, embeddings, questions, completions)
         lm = token_cross_entropy(logits, completions)
         masks = self.decode_masks(embeddings, hidden, completions, image=image, points=points, boxes=boxes)
-        mask_logits, rows = masks["logits"], masks["rows"]
-        mask = box = lm.new_zeros(())
-        if rows:  # a target without <seg> (absent target) trains the text only
-            index = torch.tensor(rows, device=mask_logits.device)
-            mask = dice_ce_loss(mask_logits[index], target_masks.to(mask_logits.device)[index])
-        if masks["probe_boxes"] is not None:
-            truth = [mask_box(target_masks[i, 0].detach().cpu().numpy() > 0.5) for i in rows]
-            keep = [j for j, t in enumerate(truth) if t is not None]
-            if keep:
-                size = target_masks.shape[-1]
-                goal = torch.tensor([truth[j] for j in keep], dtype=torch.float32, device=mask_logits.device) / size
-                box = box_loss(masks["probe_boxes"][keep], goal)
-                if masks["pointer"] is not None:
-                    index = torch.tensor([rows[j] for j in keep], device=mask_logits.device)
-                    grids = [(image[rows[j]].rows, image[rows[j]].cols) for j in keep]
-                    box = box + pointer_loss([masks["pointer"][j] for j in keep],
-                                             target_masks.to(mask_logits.device)[index], grids)
+        mask, box = self.probe_losses(masks, target_masks, image)
         return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(),
-                "box": box.detach(), "mask_logits": mask_logits}
+                "box": box.detach(), "mask_logits": masks["logits"]}
+
+    def probe_losses(self, masks: dict, target_masks: torch.Tensor, image: list | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe's supervised losses for `decode_masks`' output against the targets (B × 1 × S × S; one
+        target broadcasts to every completion): DiceCE of the masks of the completions with a `<seg>` (a target
+        without it, an absent target, trains the text only) and the probe box's loss against the target's tight
+        box plus, with the box pointer, the pointer's cross-entropy towards the target's share of each cell.
+        Shared by SFT (`forward`) and GRPO (on its sampled completions, so that pointing is trained on the texts
+        the policy writes). Zeros where nothing applies."""
+        mask_logits, rows = masks["logits"], masks["rows"]
+        targets = target_masks.to(mask_logits.device).float().expand(mask_logits.shape[0], -1, -1, -1)
+        if targets.shape[-2:] != mask_logits.shape[-2:]:
+            targets = (F.interpolate(targets, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
+        mask = box = mask_logits.new_zeros(()).float()
+        if not rows:
+            return mask, box
+        index = torch.tensor(rows, device=mask_logits.device)
+        mask = dice_ce_loss(mask_logits[index].float(), targets[index])
+        if masks["probe_boxes"] is None:
+            return mask, box
+        truth = [mask_box(targets[i, 0].detach().cpu().numpy() > 0.5) for i in rows]
+        keep = [j for j, t in enumerate(truth) if t is not None]
+        if keep:
+            size = targets.shape[-1]
+            goal = torch.tensor([truth[j] for j in keep], dtype=torch.float32, device=mask_logits.device) / size
+            box = box_loss(masks["probe_boxes"][keep].float(), goal)
+            if masks["pointer"] is not None:
+                index = torch.tensor([rows[j] for j in keep], device=mask_logits.device)
+                grids = [(image[rows[j]].rows, image[rows[j]].cols) for j in keep]
+                box = box + pointer_loss([masks["pointer"][j] for j in keep], targets[index], grids)
+        return mask, box
