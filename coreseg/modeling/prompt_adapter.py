@@ -11,7 +11,7 @@ Why: the last layer's state at `<seg>` is trained to predict the same next token
 small LM trained only through the mask it stays one vector for every image and question (cosine 1.000,
 measured); a direct "where is the target" objective on that state makes it carry the question, and the
 box reaches the decoder in the language a box-trained decoder (MedSAM, LiteMedSAM) already follows.
-With `box_pointer` (the default since compact-pointer1) that box comes from `BoxPointer`: the `<seg>`
+With `box_pointer` (the default since compact-sft7) that box comes from `BoxPointer`: the `<seg>`
 state points at the reasoner's image-token states, so the box can follow the question (which tile, which
 of two lesions) instead of the most salient lesion.
 The answer's *written* boxes are still not fed to SAM (the paper's point against cascades).

@@ -85,10 +85,11 @@ class QwenReasoner(nn.Module):
                               padding=True)
 
     def forward_completions(self, images: list[np.ndarray], embeddings: torch.Tensor | None, questions: list[str],
-                            completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher-forced pass; per sample the logits predicting each completion token, the last
-        layer's hidden state at each completion token and at the image tokens (`ImageStates`). Samples that share an image (the same array)
-        and a question form one batch over one vision pass (the frozen tower runs without grad)."""
+                            completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[ImageStates]]:
+        """Teacher-forced pass; per sample the logits predicting each completion token, the last layer's
+        hidden state at each completion token and at the image tokens (`ImageStates`). Samples that share an
+        image (the same array) and a question form one batch over one vision pass (the frozen tower runs
+        without grad)."""
         groups: dict[tuple[int, str], list[int]] = {}
         for i, (image, question) in enumerate(zip(images, questions)):
             groups.setdefault((id(image), question), []).append(i)
