@@ -10,7 +10,6 @@ reward). No other token stands in for `<seg>`.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from coreseg.answer import SEG_TOKEN
@@ -156,9 +155,8 @@ class CoreSeg(nn.Module):
         Shared by SFT (`forward`) and GRPO (on its sampled completions, so that pointing is trained on the texts
         the policy writes). Zeros where nothing applies."""
         mask_logits, rows = masks["logits"], masks["rows"]
+        # any resolution: DiceCE resizes, the box is normalised and the pointer pools to its cells
         targets = target_masks.to(mask_logits.device).float().expand(mask_logits.shape[0], -1, -1, -1)
-        if targets.shape[-2:] != mask_logits.shape[-2:]:
-            targets = (F.interpolate(targets, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5).float()
         mask = box = mask_logits.new_zeros(()).float()
         if not rows:
             return mask, box
