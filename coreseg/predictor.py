@@ -14,6 +14,7 @@ import torch
 
 from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.candidate import Candidate
+from coreseg.cache import LRU
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.geometry import Frames
 
@@ -48,6 +49,7 @@ class CoreSegPredictor:
         self.model_version = model_version
         self.trained = trained
         self.cache = EmbeddingCache(cache_size)
+        self.decoder_images = LRU(4)  # the decoder's image side (12 MB each) of the images being refined
         self.concurrency = int(concurrency)
         self._slots = threading.BoundedSemaphore(self.concurrency)
 
@@ -205,8 +207,9 @@ class CoreSegPredictor:
         frames = self.frames((height, width))
         if box is None:
             box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
+        key = pixel_key(image, self.model_version)
         with self._model_context():
-            embedding = self._embedding(image)
+            embedding = self._embedding(image, key)
             points = None
             if clicks:
                 coords = torch.tensor([frames.points([(x, y) for x, y, _ in clicks], "image", "segmenter")],
@@ -219,7 +222,9 @@ class CoreSegPredictor:
             probe = None
             if self.trained and candidate.probe is not None:
                 probe = torch.from_numpy(candidate.probe)[None].to(self.device)
-            low_res, scores = self.model.segmenter.decode(embedding, probe=probe, points=points, boxes=boxes)
+            segmenter = self.model.segmenter
+            side = self.decoder_images.get_or_put(key, lambda: segmenter.image_side(embedding))
+            low_res, scores = segmenter.decode(embedding, probe=probe, points=points, boxes=boxes, image_side=side)
         mask = enforce_clicks(frames.mask(low_res[0]), clicks)
         return Candidate(text=candidate.text, mask=mask, mask_score=float(scores[0, 0]),
                          token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs, probe=candidate.probe,

@@ -110,7 +110,8 @@ class CoreSeg(nn.Module):
                     "scores": torch.zeros(n, 1, device=device), "probes": [None] * n, "rows": [], "probe_boxes": None,
                     "pointer": None}
         index = torch.tensor(rows, device=device)
-        emb = embeddings if embeddings.shape[0] == 1 else embeddings[index]
+        one_image = embeddings.shape[0] == 1 or embeddings.stride(0) == 0  # decoded with one preparation
+        emb = embeddings[:1] if one_image else embeddings[index]
         pick = (lambda t: t if t is None or t.shape[0] == 1 else t[index.to(t.device)])
         pts = None if points is None else (pick(points[0]), pick(points[1]))
         logits, scores = self.segmenter.decode(emb, probe=probe, points=pts, boxes=pick(boxes))

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreseg.config import SegmenterConfig
+from coreseg.modeling.mask_decoding import ImageSide, prepare_image
+from coreseg.modeling.mask_decoding import decode as decode_prepared
 from coreseg.geometry import LOW_RES, logits_to_mask, mask_to_low_res  # noqa: F401  (the frames live in geometry)
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -116,31 +118,48 @@ class Segmenter(nn.Module):
         differentiable in the coordinates (random Fourier features): how the probe's box reaches the decoder."""
         return self.prompt_encoder._embed_boxes(boxes)
 
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the embedding grid (frozen: computed once)."""
+        pe = self.__dict__.get("_dense_pe")
+        if pe is None or pe.device != self.pixel_mean.device:
+            pe = self.prompt_encoder.get_dense_pe()
+            self.__dict__["_dense_pe"] = pe  # not a buffer: derived from the frozen prompt encoder
+        return pe
+
+    def image_side(self, embedding: torch.Tensor, mask_input: torch.Tensor | None = None) -> ImageSide:
+        """The prompt-independent part of decoding one image (1 × 256 × 64 × 64): a caller that decodes the
+        same image again (clicks) keeps it."""
+        dense = self.prompt_encoder._embed_masks(mask_input) if mask_input is not None else \
+            self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return prepare_image(self.mask_decoder, embedding, self.dense_pe(), dense)
+
     def decode(self, embeddings: torch.Tensor, probe: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
-               mask_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               mask_input: torch.Tensor | None = None,
+               image_side: ImageSide | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask logits (B × 1 × 256 × 256) and predicted IoU (B × 1).
 
         `probe` (B × K × 256) are the adapter's semantic prompt tokens; points/boxes are the user's
-        prompts in the S × S frame; `mask_input` (B × 1 × 256 × 256) are earlier logits.
+        prompts in the S × S frame; `mask_input` (B × 1 × 256 × 256) are earlier logits. Embeddings of one
+        image (batch 1, or expanded) are prepared once for all B prompts (`image_side`, if given, is that
+        preparation); `coreseg.modeling.mask_decoding` runs the decoder.
         """
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        sparse, _ = self.prompt_encoder(points=points, boxes=boxes, masks=None)
         batch = embeddings.shape[0] if probe is None else probe.shape[0]
         if sparse.shape[0] != batch:
             sparse = sparse.expand(batch, -1, -1)
         if probe is not None:
             sparse = torch.cat([probe.to(sparse.dtype), sparse], dim=1)
-        if dense.shape[0] != batch:
-            dense = dense.expand(batch, -1, -1, -1)
+        one_image = embeddings.shape[0] == 1 or embeddings.stride(0) == 0
+        if one_image and (mask_input is None or mask_input.shape[0] == 1):
+            side = image_side or self.image_side(embeddings[:1], mask_input)
+            return decode_prepared(self.mask_decoder, side, sparse)
         if embeddings.shape[0] != batch:
             embeddings = embeddings.expand(batch, -1, -1, -1)
-        image_pe = self.prompt_encoder.get_dense_pe()
         logits, scores = [], []
-        for i in range(batch):  # upstream SAM repeats embeddings per prompt: decode one image at a time
-            low_res, iou = self.mask_decoder(image_embeddings=embeddings[i:i + 1], image_pe=image_pe,
-                                             sparse_prompt_embeddings=sparse[i:i + 1],
-                                             dense_prompt_embeddings=dense[i:i + 1], multimask_output=False)
+        for i in range(batch):
+            side = self.image_side(embeddings[i:i + 1], None if mask_input is None else mask_input[i:i + 1])
+            low_res, iou = decode_prepared(self.mask_decoder, side, sparse[i:i + 1])
             logits.append(low_res)
             scores.append(iou)
         return torch.cat(logits), torch.cat(scores)
-
