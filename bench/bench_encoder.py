@@ -247,6 +247,7 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         t = time.perf_counter()
         predictor.refine(image, candidate, [click])
         refine.append(time.perf_counter() - t)
+    upstream, ours = decoder_pass(predictor, embedding, candidate, max(5, args.repeats))
     enc, ref, cand = (statistics.median(v) for v in (encode, refine, four))
     log(f"ratios: encode {enc:.2f} s, refine {ref * 1000:.0f} ms, 4 candidates {cand:.2f} s")
 
@@ -264,9 +265,47 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         ("4 candidates / encode", f"{cand / enc:.2f} ({cand:.2f} s)", "≤ 1"),
         ("  of which sampling the 4 answers", f"{statistics.median(sampling):.2f} s ({statistics.median(tokens):.0f} "
          f"steps, {1000 * sum(sampling) / sum(tokens):.1f} ms a step)", "—"),
+        ("decoder pass, segment-anything's forward → coreseg's (1 prompt)",
+         f"{upstream[0] * 1000:.0f} → {ours[0] * 1000:.0f} ms ({upstream[0] / ours[0]:.2f}×)", "—"),
+        ("decoder pass, 4 prompts on one image", f"{upstream[1] * 1000:.0f} → {ours[1] * 1000:.0f} ms "
+         f"({upstream[1] / ours[1]:.2f}×)", "—"),
         (f"trainers.features images per minute ({len(images)} images)", f"{per_minute:.1f}", "—"),
         ("encoder backend in use", used, "—"),
     ]
+
+
+def decoder_pass(predictor, embedding: torch.Tensor, candidate, repeats: int) -> tuple[tuple, tuple]:
+    """Median time of one decoder pass (1 prompt; 4 prompts) through segment-anything's own forward (one prompt at
+    a time, as upstream's predictor) and through `coreseg.modeling.mask_decoding` (the image side prepared once)."""
+    segmenter = predictor.model.segmenter
+    probe = torch.from_numpy(candidate.probe)[None]
+    box = torch.tensor([[40.0, 40.0, 200.0, 200.0]])
+    sparse, dense = segmenter.prompt_encoder(points=None, boxes=box, masks=None)
+    sparse = torch.cat([probe, sparse], dim=1)
+
+    def upstream(n):
+        for _ in range(n):
+            segmenter.mask_decoder(image_embeddings=embedding, image_pe=segmenter.prompt_encoder.get_dense_pe(),
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                   multimask_output=False)
+
+    def ours(n):
+        segmenter.decode(embedding, probe=probe.expand(n, -1, -1), boxes=box.expand(n, -1))
+
+    result = []
+    for fn in (upstream, ours):
+        times = []
+        with torch.no_grad():
+            for n in (1, 4):
+                fn(n)
+                runs = []
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    fn(n)
+                    runs.append(time.perf_counter() - t)
+                times.append(statistics.median(runs))
+        result.append(tuple(times))
+    return result[0], result[1]
 
 
 def machine_line(threads: int) -> str:

@@ -17,6 +17,7 @@ from coreseg.candidate import Candidate
 from coreseg.cache import LRU
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.geometry import Frames
+from coreseg.modeling.sampling import Sampled
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -108,10 +109,10 @@ class CoreSegPredictor:
         with self._model_context():
             embedding = self._embedding(image)
             generator = torch.Generator().manual_seed(int(seed))
-            ids, logps = self.model.reasoner.generate(image, embedding, question, n_candidates, temperature, top_p,
-                                                      generator)
-            texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in ids]
-            candidates = self._draw(image, embedding, question, ids, logps, texts, box_prompt,
+            sampled = self.model.reasoner.sample(image, embedding, question, n_candidates, temperature, top_p,
+                                                 generator)
+            texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in sampled.ids]
+            candidates = self._draw(image, embedding, question, sampled, texts, box_prompt,
                                     {"temperature": temperature, "top_p": top_p, "seed": seed})
         return [c.check(image) for c in candidates]  # claims vs each own mask, outside the model slot
 
@@ -122,14 +123,17 @@ class CoreSegPredictor:
         with self._model_context(), torch.no_grad():
             embedding = self._embedding(image)
             texts = [self.to_image_frame(self.decode_text(c), image.shape[:2]) for c in completions]
-            candidates = self._draw(image, embedding, question, completions, [[] for _ in completions], texts,
+            candidates = self._draw(image, embedding, question, Sampled(completions, [[] for _ in completions]), texts,
                                     box_prompt, {"forced": True})
         return [c.check(image) for c in candidates]
 
-    def _draw(self, image, embedding, question, ids, logps, texts, box_prompt, sampling) -> list[Candidate]:
+    def _draw(self, image, embedding, question, sampled: Sampled, texts, box_prompt, sampling) -> list[Candidate]:
         height, width = image.shape[:2]
-        _, hidden, states = self.model.reasoner.forward_completions(
-            [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
+        ids, logps, hidden, states = sampled.ids, sampled.logps, sampled.hidden, sampled.image
+        if hidden is None or any(self.model.seg_position(c) is not None and self.model.seg_position(c) >= len(h)
+                                 for c, h in zip(ids, hidden)):  # states not kept while sampling: a teacher-forced pass
+            _, hidden, states = self.model.reasoner.forward_completions(
+                [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
         boxes = self._prompt_boxes(texts, (height, width)) if box_prompt else None
         masks = self.model.decode_masks(embedding, hidden, ids, image=states, boxes=boxes)  # no <seg>: no probe, empty mask
         low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]

@@ -56,3 +56,32 @@ def test_draw_log_probabilities_are_the_re_scoring_distribution():
     for temperature, top_p in ((0.7, 0.95), (1.0, 0.5), (1.3, 1.0), (0.0, 1.0)):
         token, logp = draw(logits, temperature, top_p, torch.Generator().manual_seed(1))
         assert torch.allclose(logp, sampling_logprobs(logits, token, temperature, top_p), atol=1e-5)
+
+
+def test_sampling_keeps_the_teacher_forced_states_and_masks():
+    """The states kept while sampling (what the adapter reads at `<seg>`, and the image tokens' for the box
+    pointer) are the teacher-forced forward's, and the predictor's masks from them are the forced masks."""
+    from coreseg.metrics import dice
+
+    torch.set_num_threads(1)
+    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+    reasoner = predictor.model.reasoner
+    image = np.zeros((96, 80, 3), dtype=np.uint8)
+    image[30:60, 20:50] = 180
+    embedding = predictor.embedding(image)
+    question = "Outline the lesion."
+    with torch.no_grad():
+        sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(3))
+        _, hidden, states = reasoner.forward_completions([image] * 3, embedding.expand(3, -1, -1, -1),
+                                                         [question] * 3, sampled.ids)
+    for kept, forced, ids in zip(sampled.hidden, hidden, sampled.ids):
+        assert len(ids) - 1 <= kept.shape[0] <= len(ids)
+        assert torch.allclose(kept, forced[:kept.shape[0]], atol=1e-4)
+    assert torch.allclose(sampled.image[0].states, states[0].states, atol=1e-4)
+    assert (sampled.image[0].rows, sampled.image[0].cols) == (states[0].rows, states[0].cols)
+    drawn = predictor.predict(image, question, 3, temperature=0.9, seed=3)
+    forced_masks = predictor.score_completions(image, question, sampled.ids)
+    assert [c.text for c in drawn] == [c.text for c in forced_masks]
+    assert any(c.mask.any() for c in drawn)
+    for a, b in zip(drawn, forced_masks):
+        assert (not a.mask.any() and not b.mask.any()) or dice(a.mask, b.mask) > 0.99

@@ -14,7 +14,7 @@ from coreseg.config import ReasonerConfig
 from coreseg.modeling.tokenizer import IM_END, IM_START
 from coreseg.modeling.box_pointer import ImageStates
 from coreseg.modeling.kv_decoder import KVDecoder
-from coreseg.modeling.sampling import sample_tokens
+from coreseg.modeling.sampling import Sampled, sample_tokens
 
 EMBEDDING_DIM = 256  # SAM image embeddings have 256 channels
 
@@ -75,7 +75,7 @@ class CompactReasoner(nn.Module):
             attention[i, :s.shape[0]] = 1
         out = self.lm(inputs_embeds=inputs, attention_mask=attention, output_hidden_states=True)
         logits, hidden, image = [], [], []
-        first, grid = len(self.tokenizer.encode(f"{IM_START}user\n")), self.cfg.image_grid
+        first, grid = self._image_offset(), self.cfg.image_grid
         for i, (p, c) in enumerate(zip(prompts, completions)):
             start, end = p.shape[0], p.shape[0] + len(c)
             logits.append(out.logits[i, start - 1:end - 1])
@@ -84,10 +84,24 @@ class CompactReasoner(nn.Module):
         return logits, hidden, image
 
     @torch.no_grad()
+    def sample(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
+               top_p: float, generator: torch.Generator) -> Sampled:
+        """Sample `n` completions as one batch, keeping the states the adapter and the box pointer read."""
+        prompt = self._prompt_embeds(embedding, [question])[0]
+        decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens)
+        ids, logps = sample_tokens(decoder.prefill(prompt), decoder.step, self.stop_ids, self.cfg.max_new_tokens,
+                                   temperature, top_p, generator)
+        states = decoder.token_states()
+        first, grid = self._image_offset(), self.cfg.image_grid
+        image_states = ImageStates(decoder.prompt_states()[first:first + grid * grid], grid, grid)
+        return Sampled(ids, logps, [states[i, :len(c)] for i, c in enumerate(ids)], [image_states] * n)
+
     def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
                  top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
         """Sample `n` completions as one batch; returns token ids and their log-probabilities."""
-        prompt = self._prompt_embeds(embedding, [question])[0]
-        decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens)
-        return sample_tokens(decoder.prefill(prompt), decoder.step, self.stop_ids, self.cfg.max_new_tokens,
-                             temperature, top_p, generator)
+        sampled = self.sample(image, embedding, question, n, temperature, top_p, generator)
+        return sampled.ids, sampled.logps
+
+    def _image_offset(self) -> int:
+        """Where the image tokens start in the prompt (after `<|im_start|>user`)."""
+        return len(self.tokenizer.encode(f"{IM_START}user\n"))

@@ -5,8 +5,9 @@ reading the LM's own modules, weights and rotary helpers, over preallocated key/
 run once and its keys and values copied to every sampled row, q/k/v and gate/up are one product each, and a
 new token's attention is two plain products (SDPA's CPU kernel took 0.2 ms a call for one query). Measured
 with the machine otherwise idle: 4.2 against 7–8 ms a token for transformers' forward at one thread (issue 12);
-what remains is small matrix products (4 rows × 256 wide) at 20–30 GFLOP/s. Tests hold its logits to the
-transformers forward's.
+what remains is small matrix products (4 rows × 256 wide) at 20–30 GFLOP/s. It keeps the last layer's states, so
+the `<seg>` state and the image tokens' states come out of sampling itself. Tests hold its logits and states to
+the transformers forward's.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class KVDecoder:
         self.keys = weight.new_zeros(shape)
         self.values = weight.new_zeros(shape)
         self.rows, self.length = rows, 0
+        self.states: list[torch.Tensor] = []  # the last layer's normed states of each chunk (B × T × H)
         # one matrix product for q, k, v and one for the MLP's gate and up: half the calls of small products
         self.qkv = [(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
                      torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
@@ -63,7 +65,9 @@ class KVDecoder:
             gate, up = F.linear(layer.post_attention_layernorm(x), self.gate_up[i]).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         self.length = start + chunk
-        return self.lm.lm_head(self.lm.model.norm(x[:, -1]))
+        states = self.lm.model.norm(x)
+        self.states.append(states)
+        return self.lm.lm_head(states[:, -1])
 
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
         """One prompt's embeddings (T × H) → its next-token logits for every row (rows × V)."""
@@ -77,3 +81,13 @@ class KVDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Each row's next token (rows) → the logits after it (rows × V)."""
         return self._forward(self.lm.model.embed_tokens(tokens)[:, None])
+
+    def prompt_states(self) -> torch.Tensor:
+        """The prompt's last-layer states (T × H), as the teacher-forced forward's `hidden_states[-1]`."""
+        return self.states[0][0]
+
+    def token_states(self) -> torch.Tensor:
+        """Each row's last-layer state at each token it was given by `step` (rows × steps × H): a sampled
+        token's state, what the adapter reads at `<seg>`, without a second forward pass."""
+        return torch.cat(self.states[1:], dim=1) if len(self.states) > 1 else self.states[0].new_zeros(
+            self.rows, 0, self.states[0].shape[-1])

@@ -17,7 +17,7 @@ from torch import nn
 
 from coreseg.config import ReasonerConfig
 from coreseg.modeling.box_pointer import ImageStates
-from coreseg.modeling.sampling import sampling_logprobs
+from coreseg.modeling.sampling import Sampled, sampling_logprobs
 from coreseg.modeling.tokenizer import ANSWER_TOKENS, add_answer_tokens, end_of_turn_id
 
 
@@ -134,6 +134,11 @@ class QwenReasoner(nn.Module):
         where = (prompt["input_ids"][0] == self.lm.config.image_token_id).nonzero().flatten()
         image = [ImageStates(out.hidden_states[-1][i, where], h // merge, w // merge) for i in range(n)]
         return logits, hidden, image
+
+    def sample(self, image: np.ndarray, embedding: torch.Tensor | None, question: str, n: int, temperature: float,
+               top_p: float, generator: torch.Generator) -> Sampled:
+        """`generate`'s completions; transformers' generate keeps no states, so a teacher-forced pass computes them."""
+        return Sampled(*self.generate(image, embedding, question, n, temperature, top_p, generator))
 
     @torch.no_grad()
     def generate(self, image: np.ndarray, embedding: torch.Tensor | None, question: str, n: int, temperature: float,

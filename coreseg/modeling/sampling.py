@@ -4,7 +4,21 @@ what GRPO's importance ratio needs. `sampling_logprobs` is that same distributio
 a stored completion re-scored with its own temperature and top-p under unchanged weights has ratio 1."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class Sampled:
+    """Sampled completions: token ids and their log-probabilities per row and, where the reasoner kept them
+    while sampling, the last layer's states at each completion token (`hidden`, T_i × H, the final token's
+    may be missing: no step ran after it) and at the image tokens (`image`): what `CoreSeg.decode_masks`
+    reads. None where the reasoner keeps none (a teacher-forced pass then computes them)."""
+    ids: list[list[int]]
+    logps: list[list[float]]
+    hidden: list[torch.Tensor] | None = None
+    image: list | None = None
 
 
 def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
