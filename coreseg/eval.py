@@ -41,8 +41,8 @@ from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_co
 from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, load_folder, load_split, read_image, read_mask
 from coreseg.embedding_cache import pixel_key
-from coreseg.findings import (VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
-                              unsupported_claims)
+from coreseg.findings import (PANEL_SHARE, VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
+                              share_on, unsupported_claims)
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion, thumbnail
 from coreseg.mask_boxes import mask_boxes
@@ -52,7 +52,6 @@ from coreseg.predictor import CoreSegPredictor
 from coreseg.questions import KINDS, kind_question, place_question, sample_question, size_question
 
 METHODS = ("probe", "constant_probe", "cascade", "litemedsam")
-REFERRING_SHARE = 0.8
 
 
 def _box_decode(baseline: Segmenter, embedding: torch.Tensor, box, size: tuple[int, int]) -> np.ndarray:
@@ -265,8 +264,8 @@ def _question_row(kind: str, mask: np.ndarray, target: np.ndarray, region: np.nd
     area = int(mask.sum())
     if kind == "absent":
         return {"kind": kind, "correct": area == 0, "dice": dice(mask, target)}
-    on_named = float((mask & region).sum()) / area if area else 0.0
-    return {"kind": kind, "correct": area > 0 and on_named >= REFERRING_SHARE, "dice": dice(mask, target),
+    on_named = share_on(mask, region)
+    return {"kind": kind, "correct": area > 0 and on_named >= PANEL_SHARE, "dice": dice(mask, target),
             "on_named": on_named}
 
 

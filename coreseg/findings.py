@@ -234,7 +234,7 @@ def check_statements(text: str, facts, set_name: str | None = None, labels: dict
 class Finding:
     """One claim of an answer checked against its own mask."""
 
-    claim: str        # "present", "box 1", "location", "size", "shape", "parts"
+    claim: str        # "present", "box 1", "panel", "location", "size", "shape", "parts"
     stated: str
     measured: str
     agrees: bool
@@ -244,6 +244,32 @@ class Finding:
 
 
 BOX_AGREES_IOU = 0.5
+PANEL_SHARE = 0.8  # a mask "is on" a panel when this share of it lies there (also the referring accuracy's rule)
+_PANEL = re.compile(r"\bpoints to the (upper-left|upper-right|lower-left|lower-right|left|right|upper|lower) panel\b",
+                    re.I)
+
+
+def read_panel(text: str) -> str | None:
+    """The panel a composite's reasoning says the question points to ("upper-left", "right", …), or None."""
+    match = _PANEL.search(text or "")
+    return match.group(1).lower() if match else None
+
+
+def panel_region(place: str, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels of a panel of a composite frame (`shape`): a half for "left"/"right"/"upper"/"lower", a quadrant
+    for "upper-left" …, as `coreseg.composites` tiles its square canvas."""
+    height, width = shape
+    region = np.zeros(shape, bool)
+    rows = slice(0, height // 2) if "upper" in place else slice(height // 2, height) if "lower" in place else slice(None)
+    cols = slice(0, width // 2) if "left" in place else slice(width // 2, width) if "right" in place else slice(None)
+    region[rows, cols] = True
+    return region
+
+
+def share_on(mask: np.ndarray, region: np.ndarray) -> float:
+    """The share of a mask's pixels inside `region` (0 for an empty mask)."""
+    area = int(mask.sum())
+    return float((mask & region).sum()) / area if area else 0.0
 
 
 def _location_words(said) -> str:
@@ -256,8 +282,9 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
     """Every checkable claim of an answer against the answer's own `mask` (original pixels).
 
     Claims: whether the finding is present (an absent answer claims an empty mask), each stated box
-    (agrees when its IoU with the best-matching part box of the mask is ≥ 0.5), and what the reasoning
-    says of location, size, shape and number of parts. Statements the text does not make are not
+    (agrees when its IoU with the best-matching part box of the mask is ≥ 0.5), the panel of a composite the
+    reasoning says the question points to (agrees when ≥ `PANEL_SHARE` of the mask lies in it), and what the
+    reasoning says of location, size, shape and number of parts. Statements the text does not make are not
     claims. An unparsable answer has no claims. Shape needs no image; `image` is accepted for margin
     and echo checks to come and must match the mask's size when given.
     """
@@ -276,6 +303,10 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
     for i, box in enumerate(answer.boxes, 1):
         best = max((box_iou(box, b) for b in part_boxes), default=0.0)
         out.append(Finding(f"box {i}", str(list(box)), f"IoU {best:.2f} with the mask's nearest part", best >= BOX_AGREES_IOU))
+    panel = read_panel(answer.reasoning)
+    if panel is not None:
+        share = share_on(mask, panel_region(panel, mask.shape))
+        out.append(Finding("panel", panel, f"{share:.0%} of the mask in it", share >= PANEL_SHARE))
     small_image, small_mask = thumbnail(np.zeros(mask.shape, np.uint8) if image is None else image, mask)
     facts = describe_lesion(small_image, small_mask, modality)  # measured as training measures: on a thumbnail
     said = read_statements(answer.reasoning)

@@ -85,3 +85,31 @@ def test_boxes_of_the_one_rule_are_what_the_answer_states():
     sample = build_sample((grey(mask), mask, "busbra", {}), random.Random(0))
     assert [tuple(b) for b in sample["boxes"]] == mask_boxes(mask) and len(mask_boxes(mask)) == 2
     assert mask_boxes(mask)[0] == (30, 30, 71, 71)
+
+
+def test_a_composite_answer_s_panel_is_checked_against_its_own_mask():
+    """"The question points to the upper-right panel" agrees when ≥ 80 % of the own mask lies in that quadrant
+    (the referring accuracy's rule); a mask in another panel, or spread over two, disagrees."""
+    text = render_answer("The image is a composite of two panels: a breast ultrasound (upper-left), a dermoscopy "
+                         "image (upper-right). The question points to the upper-right panel, a dermoscopy image.",
+                         "pigmented skin lesion", [(300, 60, 420, 180)])
+    mask = np.zeros((512, 512), bool)
+    mask[60:180, 300:420] = True
+
+    def panel(m):
+        (finding,) = [f for f in check_answer(text, m) if f.claim == "panel"]
+        return finding
+
+    assert panel(mask).agrees and panel(mask).stated == "upper-right" and panel(mask).measured == "100% of the mask in it"
+    assert not panel(np.roll(mask, 256, axis=0)).agrees          # the lower-right panel
+    spread = mask.copy()
+    spread[60:180, 60:180] = True                                  # half of it in the upper-left panel
+    assert not panel(spread).agrees
+    halves = render_answer("Two panels. The question points to the left panel, a colonoscopy view.", "polyp",
+                           [(40, 200, 200, 400)])
+    left = np.zeros((512, 512), bool)
+    left[200:400, 40:200] = True
+    assert [f.agrees for f in check_answer(halves, left) if f.claim == "panel"] == [True]
+    assert [f.agrees for f in check_answer(halves, left[:, ::-1]) if f.claim == "panel"] == [False]
+    assert not [f for f in check_answer(render_answer("A polyp.", "polyp", [(40, 200, 200, 400)]), left)
+                if f.claim == "panel"]  # a single scan's answer claims no panel

@@ -31,11 +31,27 @@ MODALITY_WORDS = {"busbra": "a breast ultrasound", "kvasir": "a colonoscopy view
 class CompositeCase(CompositeScan):
     """A cached composite as a training case."""
 
+    def panels(self) -> str:
+        """The panels in reading order (upper before lower, left before right): each is named where it is
+        seen, so writing the list is reading the image, not recalling the order the tiles were drawn in."""
+        tiles = sorted(self.tiles, key=lambda t: (t["cell"][1], t["cell"][0]))
+        listed = ", ".join(f"{MODALITY_WORDS[t['set_name']]} ({t['place']})" for t in tiles)
+        return f"The image is a composite of {number_words(len(tiles))} panels: {listed}."
+
+    def pointing(self, named: list[int]) -> str:
+        """Which panel the question names, said before the lesion is described: the reasoning picks the target
+        (by kind, place or size) in words, and the description and the mask that follow are about that panel."""
+        if len(named) == 1:
+            tile = self.tiles[named[0]]
+            return f"The question points to the {tile['place']} panel, {MODALITY_WORDS[tile['set_name']]}."
+        if named and len(named) == len(self.tiles):
+            return "The question asks for every lesion, one in each panel."
+        return ""
+
     def sample(self, rng: random.Random, frame: int) -> Sample:
         question, named, absent_kind = self.choose_question(rng)
         mask = self.target_mask(named)
-        panels = ", ".join(f"{MODALITY_WORDS[t['set_name']]} ({t['place']})" for t in self.tiles)
-        opening = f"The image is a composite of {number_words(len(self.tiles))} panels: {panels}."
+        opening = f"{self.panels()} {self.pointing(named)}".strip()
         if absent_kind is not None:
             reasoning = f"{opening} {describe_absence(absent_kind, [t['set_name'] for t in self.tiles], rng)}"
             return Sample(question, render_answer(reasoning, KINDS[absent_kind][0], []), self.target(named), [], named)
