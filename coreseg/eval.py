@@ -42,7 +42,7 @@ from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, load_folder, load_split, read_image, read_mask
 from coreseg.embedding_cache import pixel_key
 from coreseg.findings import (PANEL_SHARE, VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
-                              share_on, unsupported_claims)
+                              read_panel, share_on, unsupported_claims)
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion, thumbnail
 from coreseg.mask_boxes import mask_boxes
@@ -294,6 +294,8 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
             row = {"composite": plan.key, "question": q, "named": named, "method": "probe", "text": candidate.text,
                    **_question_row(kind, candidate.mask, target, region)}
             row["own_agreement"] = claim_agreement(check_answer(candidate.text, candidate.mask))
+            if len(named) == 1:  # does the reasoning name the panel the question names (the text's choice)?
+                row["text_points_right"] = read_panel(candidate.text) == scan.tiles[named[0]]["place"]
             records.append(row)
             if kind == "place":
                 masks_by_tile[named[0]] = candidate.mask
@@ -367,6 +369,7 @@ def summarise_composites(rows: list[dict]) -> dict:
                                    for k in sorted({r["kind"] for r in mine})}}
         if method == "probe":
             out[method]["own_agreement"] = _mean(r.get("own_agreement") for r in mine)
+            out[method]["text_points_right"] = _mean(r.get("text_points_right") for r in mine)
     between = [r["dice_between"] for r in rows if r["method"] == "counterfactual"]
     if between:
         out["counterfactual"] = {"pairs": len(between), "dice_between_questions": float(np.mean(between)),
@@ -407,6 +410,9 @@ def markdown_table(summary: dict) -> str:
                 m = comp[method]
                 lines.append(f"| {method} | {m['questions']} | {fmt(m['referring_accuracy'])} | "
                              f"{fmt(m['absent_accuracy'])} | {fmt(m['dice'])} |")
+        if comp.get("probe", {}).get("text_points_right") is not None:
+            lines.append(f"\nThe reasoning names the panel the question names in "
+                         f"{100 * comp['probe']['text_points_right']:.1f} % of one-panel questions.")
         if "counterfactual" in comp:
             c = comp["counterfactual"]
             lines.append(f"\nCounterfactual: Dice between the masks of two questions about different tiles of one image "

@@ -189,23 +189,30 @@ def test_composite_samples_parse_state_the_target_boxes_and_agree_with_it(sets, 
 
 def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_named_one():
     """Tiles drawn in cells 3, 0, 1 are listed upper-left, upper-right, lower-right; before the lesion is
-    described the reasoning says which panel the question names (by kind, place or size alike)."""
+    described the reasoning says which panel the question names (by kind, place or size alike), or that the
+    asked kind is in none of them, at the same place."""
     case = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
     assert case.panels() == ("The image is a composite of three panels: a colonoscopy view (upper-left), "
                              "a dermoscopy image (upper-right), a breast ultrasound (lower-right).")
+    two = composite(["ph2", "kvasir"], (1, 2), [1, 0], [0.3, 0.25], cls=CompositeCase)
     rng = random.Random(0)
     seen = set()
-    for _ in range(40):
-        sample = case.sample(rng, FRAME)
-        reasoning = parse_answer(sample.answer, (FRAME, FRAME)).answer.reasoning
-        assert reasoning.startswith(case.panels())
-        if len(sample.targets) == 1:
-            named = case.tiles[sample.targets[0]]
-            assert f"The question points to the {named['place']} panel" in reasoning, (sample.question, reasoning)
-            seen.add(named["place"])
-        elif sample.targets:
-            assert "every lesion, one in each panel" in reasoning
-    assert len(seen) >= 2
+    for scan in (case, two):
+        for _ in range(40):
+            sample = scan.sample(rng, FRAME)
+            reasoning = parse_answer(sample.answer, (FRAME, FRAME)).answer.reasoning
+            assert reasoning.startswith(scan.panels())
+            if len(sample.targets) == 1:
+                named = scan.tiles[sample.targets[0]]
+                assert f"The question points to the {named['place']} panel" in reasoning, (sample.question, reasoning)
+                seen.add(named["place"])
+            elif sample.targets:
+                assert "every lesion, one in each panel" in reasoning
+            else:
+                assert reasoning.startswith(f"{scan.panels()} The question asks for a breast mass, which none of the "
+                                            f"panels shows.")
+                seen.add("absent")
+    assert len(seen) >= 4 and "absent" in seen
 
 
 def test_single_scans_ask_present_and_absent_findings_in_the_same_words():

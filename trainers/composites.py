@@ -38,9 +38,13 @@ class CompositeCase(CompositeScan):
         listed = ", ".join(f"{MODALITY_WORDS[t['set_name']]} ({t['place']})" for t in tiles)
         return f"The image is a composite of {number_words(len(tiles))} panels: {listed}."
 
-    def pointing(self, named: list[int]) -> str:
+    def pointing(self, named: list[int], absent_kind: str | None = None) -> str:
         """Which panel the question names, said before the lesion is described: the reasoning picks the target
-        (by kind, place or size) in words, and the description and the mask that follow are about that panel."""
+        (by kind, place or size) in words, and the description and the mask that follow are about that panel.
+        A kind no panel shows is said in the same place ("asks for … which none of the panels shows"), so that
+        present and absent answers part at one word."""
+        if absent_kind is not None:
+            return f"The question asks for a {KINDS[absent_kind][0]}, which none of the panels shows."
         if len(named) == 1:
             tile = self.tiles[named[0]]
             return f"The question points to the {tile['place']} panel, {MODALITY_WORDS[tile['set_name']]}."
@@ -51,7 +55,7 @@ class CompositeCase(CompositeScan):
     def sample(self, rng: random.Random, frame: int) -> Sample:
         question, named, absent_kind = self.choose_question(rng)
         mask = self.target_mask(named)
-        opening = f"{self.panels()} {self.pointing(named)}".strip()
+        opening = f"{self.panels()} {self.pointing(named, absent_kind)}".strip()
         if absent_kind is not None:
             reasoning = f"{opening} {describe_absence(absent_kind, [t['set_name'] for t in self.tiles], rng)}"
             return Sample(question, render_answer(reasoning, KINDS[absent_kind][0], []), self.target(named), [], named)
