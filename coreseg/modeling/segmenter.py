@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from coreseg.config import SegmenterConfig
+from coreseg.geometry import LOW_RES, logits_to_mask, mask_to_low_res  # noqa: F401  (the frames live in geometry)
 from coreseg.modeling.mask_decoding import ImageSide, prepare_image
 from coreseg.modeling.mask_decoding import decode as decode_prepared
-from coreseg.geometry import LOW_RES, logits_to_mask, mask_to_low_res  # noqa: F401  (the frames live in geometry)
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
