@@ -19,6 +19,7 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -128,6 +129,13 @@ def save_composite(path: Path, plan: CompositePlan, canvas: np.ndarray, tile_mas
     tmp.rename(path)
 
 
+class CompositeQuestion(NamedTuple):
+    text: str
+    named: list[int]               # the tiles it names (empty when absent)
+    absent_kind: str | None        # the asked set when no tile shows it
+    way: str                       # kind | size | place | all | absent
+
+
 @dataclass
 class CompositeScan:
     """A cached composite: its embedding, thumbnail, the tiles' masks on it, and the tiles."""
@@ -141,8 +149,8 @@ class CompositeScan:
     image: np.ndarray | None = None
     set_name: str = "composite"
 
-    def choose_question(self, rng: random.Random) -> tuple[str, list[int], str | None]:
-        """(question, the tiles it names, the asked kind when no tile shows it): by kind (a kind shown
+    def choose_question(self, rng: random.Random) -> "CompositeQuestion":
+        """A question, the tiles it names and the asked kind when no tile shows it: by kind (a kind shown
         once), by size (a kind shown twice, areas apart by `SIZE_RATIO`), by place, all, or absent."""
         sets = [t["set_name"] for t in self.tiles]
         areas = self.tile_masks.reshape(len(self.tiles), -1).sum(1)
@@ -154,21 +162,21 @@ class CompositeScan:
         kind = rng.choice(options)
         if kind == "kind":
             s = rng.choice(unique)
-            return kind_question(s, rng), [sets.index(s)], None
+            return CompositeQuestion(kind_question(s, rng), [sets.index(s)], None, "kind")
         if kind == "size":
             s = rng.choice(pairs)
             a, b = [i for i, t in enumerate(sets) if t == s]
             if max(areas[a], areas[b]) >= SIZE_RATIO * max(1, min(areas[a], areas[b])):
                 larger = rng.random() < 0.5
                 big, small = (a, b) if areas[a] >= areas[b] else (b, a)
-                return size_question(s, larger, rng), [big if larger else small], None
+                return CompositeQuestion(size_question(s, larger, rng), [big if larger else small], None, "size")
         if kind == "absent":
             s = rng.choice(missing)
-            return kind_question(s, rng), [], s
+            return CompositeQuestion(kind_question(s, rng), [], s, "absent")
         if kind == "all":
-            return all_question(rng), list(range(len(self.tiles))), None
+            return CompositeQuestion(all_question(rng), list(range(len(self.tiles))), None, "all")
         i = rng.randrange(len(self.tiles))
-        return place_question(self.tiles[i]["place"], rng), [i], None
+        return CompositeQuestion(place_question(self.tiles[i]["place"], rng), [i], None, "place")
 
     def target_mask(self, named: list[int]) -> np.ndarray:
         """The union of the named tiles' masks on the thumbnail (empty when none is named)."""

@@ -22,7 +22,7 @@ from coreseg.geometry import Frames
 from coreseg.lesion_facts import thumbnail
 from coreseg.mask_boxes import mask_boxes
 from coreseg.questions import KINDS
-from trainers.composites import CompositeCase
+from trainers.composites import MODALITY_WORDS, CompositeCase
 
 LABELS = {"busbra": {"birads": 4}, "kvasir": {}, "ph2": {"diagnosis": 1}}
 FRAME = 256
@@ -112,10 +112,11 @@ def test_named_tiles_match_the_question_words():
     scan = composite(["busbra", "busbra", "kvasir"], (2, 2), [0, 3, 1], [0.35, 0.15, 0.25])
     areas = scan.tile_masks.reshape(3, -1).sum(1)
     seen = set()
-    for question, named, absent in _questions(scan):
+    for question, named, absent, way in _questions(scan):
         q = question.lower()
         if absent is not None:
             seen.add("absent")
+            assert way == "absent"
             assert named == [] and absent not in [t["set_name"] for t in scan.tiles]
             assert KINDS[absent][0] in q
             assert not scan.target_mask(named).any()
@@ -123,20 +124,24 @@ def test_named_tiles_match_the_question_words():
         assert named and scan.target_mask(named).any()
         if "larger" in q or "smaller" in q:
             seen.add("size")
+            assert way == "size"
             (i,) = named
             assert scan.tiles[i]["set_name"] == "busbra"
             other = 1 - i
             assert (areas[i] > areas[other]) == ("larger" in q)
         elif any(w in q for w in ("every", "all the")):
             seen.add("all")
+            assert way == "all"
             assert named == [0, 1, 2]
         elif "part" in q or "panel" in q:
             seen.add("place")
+            assert way == "place"
             (i,) = named
             assert f"the {scan.tiles[i]['place']} " in q
             assert not any(f"the {t['place']} " in q for j, t in enumerate(scan.tiles) if j != i)
         else:
             seen.add("kind")
+            assert way == "kind"
             (i,) = named
             assert scan.tiles[i]["set_name"] == "kvasir" and KINDS["kvasir"][0] in q
         assert np.array_equal(scan.target_mask(named), scan.tile_masks[named].any(0))
@@ -145,7 +150,7 @@ def test_named_tiles_match_the_question_words():
 
 def test_every_kind_shown_means_no_absent_question():
     scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [0, 1, 2], [0.3, 0.2, 0.25])
-    assert all(absent is None and named for _, named, absent in _questions(scan, 80))
+    assert all(q.absent_kind is None and q.named for q in _questions(scan, 80))
 
 
 @pytest.mark.parametrize("sets,layout,cells,radii", [
@@ -195,24 +200,31 @@ def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_nam
     assert case.panels() == ("The image is a composite of three panels: a colonoscopy view (upper-left), "
                              "a dermoscopy image (upper-right), a breast ultrasound (lower-right).")
     two = composite(["ph2", "kvasir"], (1, 2), [1, 0], [0.3, 0.25], cls=CompositeCase)
+    masses = composite(["busbra", "busbra", "kvasir"], (2, 2), [0, 3, 1], [0.35, 0.15, 0.25], cls=CompositeCase)
     rng = random.Random(0)
     seen = set()
-    for scan in (case, two):
+    for scan in (case, two, masses):
         for _ in range(40):
             sample = scan.sample(rng, FRAME)
             reasoning = parse_answer(sample.answer, (FRAME, FRAME)).answer.reasoning
             assert reasoning.startswith(scan.panels())
             if len(sample.targets) == 1:
                 named = scan.tiles[sample.targets[0]]
-                assert f"The question points to the {named['place']} panel" in reasoning, (sample.question, reasoning)
+                assert f"points to the {named['place']} panel, " in reasoning, (sample.question, reasoning)
                 seen.add(named["place"])
+                for word in ("larger", "smaller"):
+                    if word in sample.question:
+                        assert f"asks for the {word} of the two breast masses, which a breast ultrasound shows" in reasoning
+                        seen.add(word)
             elif sample.targets:
                 assert "every lesion, one in each panel" in reasoning
             else:
-                assert reasoning.startswith(f"{scan.panels()} The question asks for a breast mass, which none of the "
-                                            f"panels shows.")
+                (asked,) = [k for k in KINDS if KINDS[k][0] in sample.question.lower()]
+                modality = MODALITY_WORDS[asked]
+                assert reasoning.startswith(f"{scan.panels()} The question asks for a {KINDS[asked][0]}, which "
+                                            f"{modality} shows; none of the panels is {modality}.")
                 seen.add("absent")
-    assert len(seen) >= 4 and "absent" in seen
+    assert len(seen) >= 4 and "absent" in seen and ("larger" in seen or "smaller" in seen)
 
 
 def test_single_scans_ask_present_and_absent_findings_in_the_same_words():

@@ -38,24 +38,35 @@ class CompositeCase(CompositeScan):
         listed = ", ".join(f"{MODALITY_WORDS[t['set_name']]} ({t['place']})" for t in tiles)
         return f"The image is a composite of {number_words(len(tiles))} panels: {listed}."
 
-    def pointing(self, named: list[int], absent_kind: str | None = None) -> str:
-        """Which panel the question names, said before the lesion is described: the reasoning picks the target
-        (by kind, place or size) in words, and the description and the mask that follow are about that panel.
-        A kind no panel shows is said in the same place ("asks for … which none of the panels shows"), so that
-        present and absent answers part at one word."""
-        if absent_kind is not None:
-            return f"The question asks for a {KINDS[absent_kind][0]}, which none of the panels shows."
-        if len(named) == 1:
-            tile = self.tiles[named[0]]
-            return f"The question points to the {tile['place']} panel, {MODALITY_WORDS[tile['set_name']]}."
-        if named and len(named) == len(self.tiles):
+    def pointing(self, way: str, named: list[int], absent_kind: str | None = None) -> str:
+        """Which panel the question names, said before the lesion is described, in small steps the reasoner can
+        take one at a time: a kind is first tied to the modality that shows it, then that modality is looked up
+        in the panel list ("The question asks for a polyp, which a colonoscopy view shows; it points to the
+        upper-left panel, a colonoscopy view."); a place is looked up directly; an absent kind parts from a present
+        one only after its modality is named ("…; none of the panels is a colonoscopy view."). The description and
+        the mask that follow are about that panel."""
+        if way == "all":
             return "The question asks for every lesion, one in each panel."
-        return ""
+        asked = absent_kind or self.tiles[named[0]]["set_name"]
+        modality = MODALITY_WORDS[asked]
+        if way == "absent":
+            return f"The question asks for a {KINDS[asked][0]}, which {modality} shows; none of the panels is {modality}."
+        place = self.tiles[named[0]]["place"]
+        if way == "place":
+            return f"The question points to the {place} panel, {modality}."
+        wanted = f"a {KINDS[asked][0]}" if way == "kind" else f"the {self._size_word(named[0])} of the two {KINDS[asked][1]}"
+        return f"The question asks for {wanted}, which {modality} shows; it points to the {place} panel, {modality}."
+
+    def _size_word(self, i: int) -> str:
+        """"larger" or "smaller": tile i's lesion against the other tile of its kind."""
+        areas = self.tile_masks.reshape(len(self.tiles), -1).sum(1)
+        other = next(j for j, t in enumerate(self.tiles) if t["set_name"] == self.tiles[i]["set_name"] and j != i)
+        return "larger" if areas[i] >= areas[other] else "smaller"
 
     def sample(self, rng: random.Random, frame: int) -> Sample:
-        question, named, absent_kind = self.choose_question(rng)
+        question, named, absent_kind, way = self.choose_question(rng)
         mask = self.target_mask(named)
-        opening = f"{self.panels()} {self.pointing(named, absent_kind)}".strip()
+        opening = f"{self.panels()} {self.pointing(way, named, absent_kind)}".strip()
         if absent_kind is not None:
             reasoning = f"{opening} {describe_absence(absent_kind, [t['set_name'] for t in self.tiles], rng)}"
             return Sample(question, render_answer(reasoning, KINDS[absent_kind][0], []), self.target(named), [], named)
