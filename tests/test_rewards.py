@@ -39,8 +39,10 @@ def score(text, pred_mask=GT_MASK, **kw):
 
 def test_correct_answer_scores_the_maximum():
     row = score(CORRECT)
-    assert row == {"format": 1.0, "detect": 1.0, "segment": 3.0, "consistency": 1.0, "human": None, "total": 6.0}
-    assert row["total"] == reward_range() + SEGMENT_FLOOR  # the top of every term
+    assert row == {"format": 1.0, "detect": 1.0, "segment": 3.0, "consistency": 1.0, "pointing": None, "human": None,
+                   "total": 6.0}
+    single_scan_terms = {"format": 1.0, "detect": 1.0, "segment": 1.0, "consistency": 1.0}
+    assert row["total"] == reward_range(single_scan_terms) + SEGMENT_FLOOR  # the top of every term that applies
 
 
 rng = np.random.default_rng(0)
@@ -79,7 +81,7 @@ def test_adversarial_scores_below_correct(name):
 
 def test_adversarial_specific_terms():
     s = {name: score(text, mask) for name, (text, mask) in ADVERSARIAL.items()}
-    assert s["empty string"] == {"format": 0.0, "detect": 0.0, "segment": -1.0, "consistency": 0.0, "human": None,
+    assert s["empty string"] == {"format": 0.0, "detect": 0.0, "segment": -1.0, "consistency": 0.0, "pointing": None, "human": None,
                                  "total": -1.0}
     assert s["empty answer"]["detect"] == 0.0 and s["empty answer"]["segment"] == -1.0
     assert s["whole-image box"]["detect"] == pytest.approx(400 / 12000)       # soft F1 = IoU of the one pair
@@ -97,7 +99,7 @@ def test_adversarial_specific_terms():
     assert s["box far from its own mask"]["detect"] == 0.0 and s["box far from its own mask"]["consistency"] == 0.0
     assert s["seg missing"]["format"] == 0.0 and s["seg missing"]["segment"] == 3.0  # the mask is scored; format pays
     assert s["absent answer on a present lesion"] == {"format": 1.0, "detect": 0.0, "segment": -1.0,
-                                                      "consistency": 1.0, "human": None, "total": 1.0}
+                                                      "consistency": 1.0, "pointing": None, "human": None, "total": 1.0}
     assert s["absent answer, nothing drawn"] == s["absent answer on a present lesion"]  # it stands for an empty mask
     for name in ("seg twice", "seg in think", "text after answer", "coordinates in think", "no think",
                  "box outside the image"):
@@ -119,7 +121,7 @@ def absent(text, mask):
 
 def test_absent_target_the_absent_answer_scores_the_maximum():
     assert absent(ABSENT, EMPTY) == {"format": 1.0, "detect": 1.0, "segment": 3.0, "consistency": 1.0,
-                                     "human": None, "total": 6.0}
+                                     "pointing": None, "human": None, "total": 6.0}
     assert absent(ABSENT, GT_MASK)["segment"] == 3.0  # an absent answer stands for an empty mask
     assert absent(ABSENT, None)["segment"] == 3.0
 
@@ -343,7 +345,7 @@ def test_missing_ground_truth_is_not_applicable():
     assert detect_reward(["q"], [CORRECT]) == [None]
     assert segment_reward(["q"], [CORRECT], pred_mask=[GT_MASK]) == [None]
     row = score_completions(["q"], [CORRECT], image_size=[(H, W)])[0]
-    assert row == {"format": 1.0, "detect": None, "segment": None, "consistency": None, "human": None, "total": 1.0}
+    assert row == {"format": 1.0, "detect": None, "segment": None, "consistency": None, "pointing": None, "human": None, "total": 1.0}
 
 
 # ---------------------------------------------------------------- human reward and weights
@@ -370,9 +372,9 @@ def test_human_rating_and_group_id():
 
 
 def test_weights_and_registry():
-    assert set(REWARD_FUNCS) == {"format", "detect", "segment", "consistency", "human"}
+    assert set(REWARD_FUNCS) == {"format", "detect", "segment", "consistency", "pointing", "human"}
     assert RewardWeights().as_dict() == {"format": 1.0, "detect": 1.0, "segment": 1.0, "consistency": 1.0,
-                                         "human": 0.0}
+                                         "pointing": 1.0, "human": 0.0}
     cols = columns(2)
     texts = [CORRECT, CORRECT]
     assert combined_reward(["q"] * 2, texts, weights={"segment": 2.0}, **cols) == [6.0, 6.0]
@@ -384,9 +386,26 @@ def test_weights_and_registry():
 
 
 def test_reward_range():
-    assert reward_range() == 1 + 1 + 4 + 1
+    assert reward_range() == 1 + 1 + 4 + 1 + 1
     assert reward_range({"segment": 1.0}) == 4.0
-    assert reward_range(RewardWeights(human=0.5)) == 7.5
+    assert reward_range(RewardWeights(human=0.5)) == 8.5
+
+
+def test_pointing_rewards_the_sentence_that_picks_the_named_panel_on_composites_only():
+    """A composite's completion earns 1 only when its reasoning picks the named panel in the training words; a
+    completion that answers a composite like a single scan (what GRPO drifted to without it) earns 0; single
+    scans have no pointing sentence: None."""
+    from trainers.rewards import pointing_reward
+
+    sentence = "The question asks for a polyp, which a colonoscopy view shows; it points to the right panel, a colonoscopy view."
+    right = render_answer(f"The image is a composite of two panels: a breast ultrasound (left), a colonoscopy view "
+                          f"(right). {sentence} A polyp.", "polyp", [(300, 100, 400, 200)])
+    wrong = right.replace("the right panel", "the left panel")
+    single = render_answer("In contrast, there is a polyp in the mid-right region of the image.", "polyp",
+                           [(300, 100, 400, 200)])
+    assert pointing_reward(["q"] * 3, [right, wrong, single], pointing=[sentence] * 3) == [1.0, 0.0, 0.0]
+    assert pointing_reward(["q"], [single], pointing=[None]) == [None]
+    assert pointing_reward(["q"], [single]) == [None]
 
 
 def test_column_length_mismatch_raises():
@@ -456,7 +475,7 @@ def test_grpo_drops_groups_below_the_configured_floor():
 
     cfg = GRPOConfig()
     floor = cfg.min_reward_spread * reward_range(cfg.weights)
-    assert floor == pytest.approx(0.07)
+    assert floor == pytest.approx(0.08)
     groups = [[5.2000, 5.2002, 5.2080, 5.2040], [4.1, 5.3, 4.6], [3.0, 3.0]]
     advantages, keep, frac = _advantages(groups, cfg.scale_rewards, floor)
     assert keep == [False, True, False] and frac == pytest.approx(2 / 3)

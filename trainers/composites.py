@@ -66,10 +66,12 @@ class CompositeCase(CompositeScan):
     def sample(self, rng: random.Random, frame: int) -> Sample:
         question, named, absent_kind, way = self.choose_question(rng)
         mask = self.target_mask(named)
-        opening = f"{self.panels()} {self.pointing(way, named, absent_kind)}".strip()
+        pointing = self.pointing(way, named, absent_kind)
+        opening = f"{self.panels()} {pointing}"
         if absent_kind is not None:
             reasoning = f"{opening} {describe_absence(absent_kind, [t['set_name'] for t in self.tiles], rng)}"
-            return Sample(question, render_answer(reasoning, KINDS[absent_kind][0], []), self.target(named), [], named)
+            return Sample(question, render_answer(reasoning, KINDS[absent_kind][0], []), self.target(named), [], named,
+                          pointing)
         named_sets = {self.tiles[i]["set_name"] for i in named}
         one = self.tiles[named[0]] if len(named) == 1 else None
         set_name = one["set_name"] if one else (named_sets.pop() if len(named_sets) == 1 else None)
@@ -81,7 +83,8 @@ class CompositeCase(CompositeScan):
             target = KINDS[set_name][0] if len(boxes) == 1 else KINDS[set_name][1]
         else:
             target = "lesions" if len(boxes) > 1 else "lesion"
-        return Sample(question, render_answer(f"{opening} {body}", target, boxes), self.target(named), boxes, named)
+        return Sample(question, render_answer(f"{opening} {body}", target, boxes), self.target(named), boxes, named,
+                      pointing)
 
 
 def load_composite_cases(cache_dir, split: str, limit: int | None = None) -> list[CompositeCase]:

@@ -55,8 +55,9 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             sample = case.sample(rng, frame)
             embedding = case.embedding.to(predictor.device)
             ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
+            columns = {**consistency_columns(case, len(ids)), "pointing": [sample.pointing] * len(ids)}
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,
-                                consistency_columns(case, len(ids))))
+                                columns))
         return groups
 
     return make

@@ -22,7 +22,7 @@ from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.precision import use_bf16
 from coreseg.predictor import CoreSegPredictor
-from trainers.rewards import RewardWeights, group_advantages, reward_range, score_completions
+from trainers.rewards import REWARD_FUNCS, RewardWeights, group_advantages, reward_range, score_completions
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class GRPOConfig:
     bf16_decoder: bool = False    # bfloat16 autocast for the mask decoder only (the policy's log-probs stay fp32)
     weights: RewardWeights = field(default_factory=RewardWeights)
     min_reward_spread: float = 0.01  # groups whose totals span less than this share of `reward_range(weights)`
-    #                                  (0.07 with the default weights) are dropped: pixel noise is no signal
+    #                                  (0.08 with the default weights) are dropped: pixel noise is no signal
 
 
 @dataclass
@@ -191,7 +191,7 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
              "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
              "frac_zero_std": frac_zero_std, "groups_dropped": len(keep_mask) - sum(keep_mask),
              "dice": float(np.mean(dices))}
-    for term in ("format", "detect", "segment", "consistency", "human"):
+    for term in REWARD_FUNCS:
         values = [r[term] for r in stats_rows if r[term] is not None]
         stats[term] = float(np.mean(values)) if values else None
     return loss, stats
@@ -210,7 +210,7 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
         return
     steps = [int(r["step"]) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("reward", "format", "detect", "segment", "consistency", "human"):
+    for key in ("reward", *REWARD_FUNCS):
         values = [float(r[key]) if r.get(key) not in (None, "", "None") else np.nan for r in rows]
         if not np.all(np.isnan(values)):
             a.plot(steps, values, label=key)
@@ -225,15 +225,18 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 class StepLog:
     """Append-only CSV of step statistics (survives a crash; --resume appends)."""
 
-    FIELDS = ["step", "reward", "format", "detect", "segment", "consistency", "human", "kl", "frac_zero_std",
-              "groups_dropped", "dice", "policy_loss",
+    FIELDS = ["step", "reward", *REWARD_FUNCS, "kl", "frac_zero_std", "groups_dropped", "dice", "policy_loss",
               "mask_loss", "seconds"]
 
     def __init__(self, path: Path):
         self.path = path
-        new = not path.exists()
+        new = not path.exists() or path.stat().st_size == 0
+        fields = self.FIELDS
+        if not new:  # a resumed run keeps its file's columns (one written before a reward term was added too)
+            with path.open(newline="") as f:
+                fields = next(csv.reader(f), None) or self.FIELDS
         self.file = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS, extrasaction="ignore")
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, extrasaction="ignore")
         if new:
             self.writer.writeheader()
 

@@ -35,6 +35,7 @@ class Sample:
     target: torch.Tensor               # 1 × 1 × 256 × 256 (empty when the asked finding is absent)
     boxes: list = field(default_factory=list)        # box frame
     targets: list[int] = field(default_factory=list)  # composites: which tiles the question names
+    pointing: str | None = None        # composites: the sentence that picks the target (the pointing reward's)
 
 
 @dataclass
