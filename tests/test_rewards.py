@@ -484,3 +484,24 @@ def test_grpo_drops_groups_below_the_configured_floor():
     assert keep_unfloored == [True, True, False]  # without the floor, pixel noise would be trained on
     _, keep_batch, _ = _advantages(groups, "batch", floor)
     assert keep_batch == [False, True, False]
+
+
+def test_a_resumed_step_log_keeps_its_columns(tmp_path):
+    """A run resumed after a reward term was added appends rows under the file's own header, aligned."""
+    import csv
+
+    from trainers.grpo_loop import StepLog
+
+    path = tmp_path / "log.csv"
+    old = ["step", "reward", "format", "detect", "segment", "consistency", "human", "kl"]
+    path.write_text(",".join(old) + "\n1,2.0,1,0.5,0.4,0.1,,0.01\n")
+    log = StepLog(path)
+    log.write({"step": 2, "reward": 3.0, "format": 1.0, "pointing": 1.0, "kl": 0.02})
+    log.file.close()
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == old and [r["step"] for r in rows] == ["1", "2"]
+    assert rows[1]["reward"] == "3.00000" and rows[1]["kl"] == "0.02000" and "pointing" not in rows[1]
+    fresh = StepLog(tmp_path / "new.csv")
+    fresh.write({"step": 1, "pointing": 0.5})
+    fresh.file.close()
+    assert list(csv.DictReader((tmp_path / "new.csv").open()))[0]["pointing"] == "0.50000"
