@@ -98,6 +98,29 @@ def test_the_supervised_anchor_trains_the_probe_box_and_pointer_on_the_policys_t
     assert losses[1.0] - losses[0.0] == pytest.approx(float(box), rel=1e-3)
 
 
+def test_the_text_weight_adds_sft_s_text_loss_on_the_written_answer(predictor):
+    """`text_weight`: GRPO's loss gains exactly weight × the token cross-entropy of the case's written answer (the
+    SFT text loss), and its log says so; without a written answer (feedback groups) nothing is added."""
+    from coreseg.modeling.losses import token_cross_entropy
+
+    model = predictor.model
+    group = _group(predictor, 2, 3)
+    written = model.encode_target(TEXT)
+    with_answer = Group(None, group.embedding, group.target, group.gt_boxes, group.question, group.completions,
+                        group.old_logps, target_ids=written)
+    losses, logs = {}, {}
+    for w in (0.0, 0.5):
+        loss, stats = grpo_loss(model, None, [with_answer], GRPOConfig(beta=0.0, text_weight=w), predictor)
+        losses[w], logs[w] = float(loss.detach()), stats["text_loss"]
+    with torch.no_grad():
+        logits, _, _ = model.reasoner.forward_completions([None], group.embedding, [group.question], [written])
+        expected = float(token_cross_entropy(logits, [written]))
+    assert expected > 0.01 and logs[0.0] is None and logs[0.5] == pytest.approx(expected, rel=1e-4)
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * expected, rel=1e-3)
+    unwritten = float(grpo_loss(model, None, [group], GRPOConfig(beta=0.0, text_weight=0.5), predictor)[0].detach())
+    assert unwritten == pytest.approx(losses[0.0], rel=1e-5)
+
+
 def test_a_frozen_reasoner_keeps_the_text_and_trains_the_mask_path(tmp_path):
     """`--freeze-reasoner`: a GRPO step moves the adapter (box pointer included) and the decoder, leaves every
     language-model weight bitwise, and the checkpoint still holds the reasoner."""

@@ -57,7 +57,7 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
             columns = {**consistency_columns(case, len(ids)), "pointing": [sample.pointing] * len(ids)}
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,
-                                columns))
+                                columns, target_ids=predictor.model.encode_target(sample.answer)))
         return groups
 
     return make
@@ -95,6 +95,8 @@ def main(argv=None) -> None:
                         "supervised anchor (beside DiceCE)")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--text-weight", type=float, default=0.0, help="add SFT's text loss on each case's written "
+                        "answer (keeps the composite reasoning, which the rewards alone let drift)")
     parser.add_argument("--human-weight", type=float, default=0.5)
     add_precision_argument(parser)   # mask-decoder autocast: --precision auto|fp32|bf16; --bf16 alias
     parser.add_argument("--rounds", type=int, default=1)
@@ -120,7 +122,7 @@ def main(argv=None) -> None:
     from trainers.samples import attach_embeddings, load_cases, split_development
 
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
-                     box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner,
+                     box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner, text_weight=args.text_weight,
                      bf16_decoder=decoder_bf16(args.precision))
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from coreseg.checkpoint import save_checkpoint
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
+from coreseg.modeling.losses import token_cross_entropy
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.precision import use_bf16
 from coreseg.predictor import CoreSegPredictor
@@ -40,6 +41,8 @@ class GRPOConfig:
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
     bf16_decoder: bool = False    # bfloat16 autocast for the mask decoder only (the policy's log-probs stay fp32)
     weights: RewardWeights = field(default_factory=RewardWeights)
+    text_weight: float = 0.0      # cross-entropy of the case's written answer (SFT's text loss) beside the policy
+    #                               term: keeps what no reward pays for in the sampled texts (the composite reasoning)
     min_reward_spread: float = 0.01  # groups whose totals span less than this share of `reward_range(weights)`
     #                                  (0.08 with the default weights) are dropped: pixel noise is no signal
 
@@ -58,6 +61,7 @@ class Group:
     old_logps: list[list[float]]
     columns: dict = field(default_factory=dict)   # extra reward columns (human_rank, human_rating)
     sampling: list[tuple[float, float]] | None = None  # per completion (temperature, top_p); None: the config's
+    target_ids: list[int] | None = None  # the case's written answer (ground truth mode), for `text_weight`
 
     def sampling_of(self, i: int, cfg: "GRPOConfig") -> tuple[float, float]:
         """The distribution completion `i` was sampled from, for re-scoring it."""
@@ -129,13 +133,14 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     """The loss of one batch of groups and what to log (rewards per term, KL, dropped share, Dice).
 
     The policy term is normalised by the batch's completion tokens and the supervised anchor (DiceCE + the probe
-    box's and pointer's loss, `CoreSeg.probe_losses`) by its groups with a mask.
+    box's and pointer's loss, `CoreSeg.probe_losses`) by its groups with a mask; with `text_weight`, the mean text
+    cross-entropy of the groups' written answers is added (per process: a mean over its own groups).
     Under `accelerate launch`, `world_counts([tokens, masks])` returns those counts summed over the processes
     and the process count; each process then scales its sums so that the mean of the processes' gradients is
     the gradient of the whole batch (a process whose groups all lack a mask no longer halves the others')."""
     frame = model.config.box_frame
     all_rewards, stats_rows, pg_terms, kl_terms, mask_losses, dices = [], [], [], [], [], []
-    per_group = []
+    per_group, text_losses = [], []
     device = next(model.segmenter.mask_decoder.parameters()).device
     for g in groups:
         g = replace(g, embedding=g.embedding.to(device), target=g.target.to(device))  # cases may live on the CPU
@@ -161,6 +166,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
         all_rewards.append([r["total"] for r in rows])
         dices += [dice(p, truth) for p in pred]
         per_group.append((logits, ref_logits, g))
+        if cfg.text_weight > 0 and g.target_ids:
+            target_logits, _, _ = model.reasoner.forward_completions([g.image], g.embedding, [g.question], [g.target_ids])
+            text_losses.append(token_cross_entropy(target_logits, [g.target_ids]))
     advantage_rows, keep_mask, frac_zero_std = _advantages(all_rewards, cfg.scale_rewards,
                                                            cfg.min_reward_spread * reward_range(cfg.weights))
     tokens = 0
@@ -186,11 +194,14 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     policy = torch.stack(pg_terms).sum() * world / all_tokens if pg_terms else torch.zeros((), device=device)
     mask = torch.stack(mask_losses).sum() * world / all_masks if mask_losses else torch.zeros((), device=device)
     loss = policy + cfg.mask_weight * mask
+    if text_losses:
+        loss = loss + cfg.text_weight * torch.stack(text_losses).mean()
     flat_rewards = [r for rewards in all_rewards for r in rewards]  # groups may differ in size
     stats = {"reward": float(np.mean(flat_rewards)), "policy_loss": float(policy.detach()), "mask_loss": float(mask.detach()),
              "kl": float(torch.stack(kl_terms).sum() / max(1, tokens)) if kl_terms else 0.0,
              "frac_zero_std": frac_zero_std, "groups_dropped": len(keep_mask) - sum(keep_mask),
-             "dice": float(np.mean(dices))}
+             "dice": float(np.mean(dices)),
+             "text_loss": float(torch.stack(text_losses).mean().detach()) if text_losses else None}
     for term in REWARD_FUNCS:
         values = [r[term] for r in stats_rows if r[term] is not None]
         stats[term] = float(np.mean(values)) if values else None
@@ -226,7 +237,7 @@ class StepLog:
     """Append-only CSV of step statistics (survives a crash; --resume appends)."""
 
     FIELDS = ["step", "reward", *REWARD_FUNCS, "kl", "frac_zero_std", "groups_dropped", "dice", "policy_loss",
-              "mask_loss", "seconds"]
+              "mask_loss", "text_loss", "seconds"]
 
     def __init__(self, path: Path):
         self.path = path
