@@ -121,9 +121,11 @@ def test_the_text_weight_adds_sft_s_text_loss_on_the_written_answer(predictor):
     assert unwritten == pytest.approx(losses[0.0], rel=1e-5)
 
 
-def test_a_frozen_reasoner_keeps_the_text_and_trains_the_mask_path(tmp_path):
+@pytest.mark.parametrize("frozen", ["reasoner", "mask_path"])
+def test_a_frozen_part_keeps_its_weights_and_the_other_trains(tmp_path, frozen):
     """`--freeze-reasoner`: a GRPO step moves the adapter (box pointer included) and the decoder, leaves every
-    language-model weight bitwise, and the checkpoint still holds the reasoner."""
+    language-model weight bitwise, and the checkpoint still holds the reasoner. `--freeze-mask-path`: the other
+    way round (the anchor's gradient reaches the language model through the `<seg>` state)."""
     from safetensors.torch import load_file
 
     from trainers.grpo_loop import train_groups
@@ -140,12 +142,16 @@ def test_a_frozen_reasoner_keeps_the_text_and_trains_the_mask_path(tmp_path):
                       [[0.0] * len(c) for c in ids], sampling=[(1.0, 1.0)] * 2)]
 
     before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
-    final = train_groups(model, make_groups, 1, GRPOConfig(beta=0.0, lr=1e-3, freeze_reasoner=True), tmp_path, "t")
+    cfg = GRPOConfig(beta=0.0, lr=1e-3, freeze_reasoner=frozen == "reasoner", freeze_mask_path=frozen == "mask_path")
+    final = train_groups(model, make_groups, 1, cfg, tmp_path, "t")
     saved = load_file(str(final / "trainable.safetensors"))
     moved = {k for k in before if not torch.equal(saved[k].float(), before[k].half().float())}
-    assert moved and not any(k.startswith("reasoner.") for k in moved)
-    assert any(k.startswith("adapter.pointer.") for k in moved) and any(k.startswith("segmenter.") for k in moved)
-    assert {k for k in before if k.startswith("reasoner.")} <= set(saved)
+    assert set(saved) == set(before)
+    if frozen == "reasoner":
+        assert moved and not any(k.startswith("reasoner.") for k in moved)
+        assert any(k.startswith("adapter.pointer.") for k in moved) and any(k.startswith("segmenter.") for k in moved)
+    else:
+        assert moved and all(k.startswith("reasoner.") for k in moved)
 
 
 def test_stored_candidates_are_rescored_with_their_own_temperature_and_top_p(predictor):

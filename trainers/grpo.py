@@ -91,6 +91,9 @@ def main(argv=None) -> None:
     parser.add_argument("--beta", type=float, default=0.01)
     parser.add_argument("--freeze-reasoner", action="store_true", help="keep the language model as it is and train "
                         "the mask path (adapter, box pointer, decoder) by the supervised anchor on its own sampled texts")
+    parser.add_argument("--freeze-mask-path", action="store_true", help="train the language model only: the "
+                        "adapter, box pointer and decoder stay as the base left them (GRPO's mask path drifted back to "
+                        "the salient lesion while the text still named the question's panel, grpo15)")
     parser.add_argument("--box-weight", type=float, default=0.3, help="the probe box's and pointer's loss in the "
                         "supervised anchor (beside DiceCE)")
     parser.add_argument("--lr", type=float, default=2e-5)
@@ -122,7 +125,8 @@ def main(argv=None) -> None:
     from trainers.samples import attach_embeddings, load_cases, split_development
 
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
-                     box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner, text_weight=args.text_weight,
+                     box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner,
+                     freeze_mask_path=args.freeze_mask_path, text_weight=args.text_weight,
                      bf16_decoder=decoder_bf16(args.precision))
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself

@@ -38,6 +38,7 @@ class GRPOConfig:
     mask_weight: float = 1.0
     box_weight: float = 0.3       # the probe box's loss (and the box pointer's) inside the supervised anchor
     freeze_reasoner: bool = False  # train the mask path only (adapter, pointer, decoder) on the policy's own texts
+    freeze_mask_path: bool = False  # train the language model only: the mask path stays as SFT left it
     scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
     bf16_decoder: bool = False    # bfloat16 autocast for the mask decoder only (the policy's log-probs stay fp32)
     weights: RewardWeights = field(default_factory=RewardWeights)
@@ -280,8 +281,11 @@ def train_groups(model: CoreSeg, make_groups, steps: int, cfg: GRPOConfig, out: 
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "trainer_state.pt"
     reference = ReferencePolicy(model) if cfg.beta > 0 else None  # the start (SFT) policy, also when resuming
-    trained = [p for n, p in model.named_parameters()
-               if p.requires_grad and not (cfg.freeze_reasoner and n.startswith("reasoner."))]
+    if cfg.freeze_reasoner and cfg.freeze_mask_path:
+        raise ValueError("freezing both the reasoner and the mask path leaves nothing to train")
+    trained = [p for n, p in model.named_parameters() if p.requires_grad
+               and not (cfg.freeze_reasoner and n.startswith("reasoner."))
+               and not (cfg.freeze_mask_path and not n.startswith("reasoner."))]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=0.0)
     start = 0
     if resume and state_file.exists():
