@@ -3,6 +3,7 @@ transformers forward computes: same logits, same greedy answers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -29,13 +30,24 @@ def test_kv_decoder_logits_match_the_transformers_forward():
     assert not torch.allclose(steps[1][0], steps[1][1]), "rows are decoded apart"
 
 
-def test_greedy_answers_are_the_argmax_of_the_teacher_forced_forward():
-    """On the shipped model: each greedy token is the argmax of the training-time forward at its place."""
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped compact model's predictor, loaded once for this module."""
     torch.set_num_threads(1)
-    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
-    reasoner = predictor.model.reasoner
-    image = np.zeros((64, 64, 3), dtype=np.uint8)
-    image[20:44, 16:40] = 200
+    return CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+
+
+def square(shape: tuple[int, int], rows: slice, cols: slice, value: int) -> np.ndarray:
+    """A black RGB image with one bright rectangle: a lesion-like finding for the shipped model."""
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    image[rows, cols] = value
+    return image
+
+
+def test_greedy_answers_are_the_argmax_of_the_teacher_forced_forward(shipped):
+    """On the shipped model: each greedy token is the argmax of the training-time forward at its place."""
+    predictor, reasoner = shipped, shipped.model.reasoner
+    image = square((64, 64), slice(20, 44), slice(16, 40), 200)
     embedding = predictor.embedding(image)
     with torch.no_grad():
         ids, logps = reasoner.generate(image, embedding, "Outline the lesion.", 2, 0.0, 1.0, torch.Generator())
@@ -58,16 +70,13 @@ def test_draw_log_probabilities_are_the_re_scoring_distribution():
         assert torch.allclose(logp, sampling_logprobs(logits, token, temperature, top_p), atol=1e-5)
 
 
-def test_sampling_keeps_the_teacher_forced_states_and_masks():
+def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped):
     """The states kept while sampling (what the adapter reads at `<seg>`, and the image tokens' for the box
     pointer) are the teacher-forced forward's, and the predictor's masks from them are the forced masks."""
     from coreseg.metrics import dice
 
-    torch.set_num_threads(1)
-    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
-    reasoner = predictor.model.reasoner
-    image = np.zeros((96, 80, 3), dtype=np.uint8)
-    image[30:60, 20:50] = 180
+    predictor, reasoner = shipped, shipped.model.reasoner
+    image = square((96, 80), slice(30, 60), slice(20, 50), 180)
     embedding = predictor.embedding(image)
     question = "Outline the lesion."
     with torch.no_grad():
