@@ -130,7 +130,7 @@ class CoreSegPredictor:
     def _draw(self, image, embedding, question, sampled: Sampled, texts, box_prompt, sampling) -> list[Candidate]:
         height, width = image.shape[:2]
         ids, logps, hidden, states = sampled.ids, sampled.logps, sampled.hidden, sampled.image
-        if hidden is None or any(self.model.seg_position(c) is not None and self.model.seg_position(c) >= len(h)
+        if hidden is None or any((at := self.model.seg_position(c)) is not None and at >= len(h)
                                  for c, h in zip(ids, hidden)):  # states not kept while sampling: a teacher-forced pass
             _, hidden, states = self.model.reasoner.forward_completions(
                 [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)

@@ -56,8 +56,9 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             embedding = case.embedding.to(predictor.device)
             ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
             columns = {**consistency_columns(case, len(ids)), "pointing": [sample.pointing] * len(ids)}
+            written = predictor.model.encode_target(sample.answer) if cfg.text_weight else None  # only when trained on
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,
-                                columns, target_ids=predictor.model.encode_target(sample.answer)))
+                                columns, target_ids=written))
         return groups
 
     return make
