@@ -227,6 +227,24 @@ def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_nam
     assert len(seen) >= 4 and "absent" in seen and ("larger" in seen or "smaller" in seen)
 
 
+def test_the_tiles_a_reasoning_names_are_read_back_from_its_words():
+    """`named_in` (GRPO's anchor follows the text) reads from a written reasoning the tiles its pointing sentence
+    picks: the question's own for every written sample, another where the words name another panel, none for an
+    absent kind, and None where no sentence picks."""
+    scan = composite(["busbra", "kvasir", "busbra"], (2, 2), [0, 3, 1], [0.35, 0.15, 0.25], cls=CompositeCase)
+    rng = random.Random(1)
+    ways = set()
+    for _ in range(60):
+        sample = scan.sample(rng, FRAME)
+        reasoning = parse_answer(sample.answer, (FRAME, FRAME)).answer.reasoning
+        assert scan.named_in(reasoning) == sorted(sample.targets), reasoning
+        ways.add(len(sample.targets))
+    assert ways >= {0, 1, 3}
+    other = scan.tiles[1]["place"]
+    assert scan.named_in(f"{scan.panels()} The question points to the {other} panel, a colonoscopy view.") == [1]
+    assert scan.named_in("A dark oval region in the upper part.") is None
+
+
 def test_single_scans_ask_present_and_absent_findings_in_the_same_words():
     """Only the kind named tells a present question from an absent one (training's contrast): a question
     with a clinical qualifier is asked about the scan's own finding and about another set's."""

@@ -98,6 +98,32 @@ def test_the_supervised_anchor_trains_the_probe_box_and_pointer_on_the_policys_t
     assert losses[1.0] - losses[0.0] == pytest.approx(float(box), rel=1e-3)
 
 
+def test_the_anchor_can_follow_each_completion_s_own_target(predictor):
+    """`Group.anchor_targets` (GRPO `--anchor-follows-text`): the supervised anchor measures each completion's mask
+    against its own target, here the question's for one and another region for the other; the rewards still
+    score against the question's."""
+    model = predictor.model
+    group = _group(predictor, 2, 3)
+    ids = [model.encode_target(TEXT)] * 2
+    base = Group(None, group.embedding, group.target, group.gt_boxes, group.question, ids,
+                 [[0.0] * len(c) for c in ids], sampling=[(1.0, 1.0)] * 2)
+    other = torch.zeros_like(group.target)
+    other[..., 150:220, 150:230] = 1
+    cfg = GRPOConfig(beta=0.0, box_weight=0.0)
+    same = float(grpo_loss(model, None, [base], cfg, predictor)[0].detach())
+    anchored = Group(**{**base.__dict__, "anchor_targets": torch.cat([group.target, other])})
+    loss, stats = grpo_loss(model, None, [anchored], cfg, predictor)
+    kept = Group(**{**base.__dict__, "anchor_targets": torch.cat([group.target, group.target])})
+    assert float(grpo_loss(model, None, [kept], cfg, predictor)[0].detach()) == pytest.approx(same, rel=1e-5)
+    with torch.no_grad():
+        n = len(ids)
+        _, hidden, states = model.reasoner.forward_completions([None] * n, group.embedding.expand(n, -1, -1, -1),
+                                                               [group.question] * n, ids)
+        masks = model.decode_masks(group.embedding, hidden, ids, image=states)
+        expected, _ = model.probe_losses(masks, torch.cat([group.target, other]) > 0.5, states)
+    assert stats["mask_loss"] == pytest.approx(float(expected), rel=1e-3) and abs(float(loss.detach()) - same) > 1e-3
+
+
 def test_the_text_weight_adds_sft_s_text_loss_on_the_written_answer(predictor):
     """`text_weight`: GRPO's loss gains exactly weight × the token cross-entropy of the case's written answer (the
     SFT text loss), and its log says so; without a written answer (feedback groups) nothing is added."""

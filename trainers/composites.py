@@ -18,7 +18,7 @@ from coreseg.answer import render_answer
 from coreseg.composites import (PLAN_SEED, CompositeScan, composite_path, load_composites, plan_composites,
                                 save_composite)
 from coreseg.datasets import load_split
-from coreseg.findings import number_words
+from coreseg.findings import number_words, read_panel
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion
 from coreseg.questions import KINDS
@@ -56,6 +56,18 @@ class CompositeCase(CompositeScan):
             return f"The question points to the {place} panel, {modality}."
         wanted = f"a {KINDS[asked][0]}" if way == "kind" else f"the {self._size_word(named[0])} of the two {KINDS[asked][1]}"
         return f"The question asks for {wanted}, which {modality} shows; it points to the {place} panel, {modality}."
+
+    def named_in(self, text: str) -> list[int] | None:
+        """The tiles a written reasoning picks, by the sentences `pointing` writes: its "points to the … panel",
+        all tiles for "every lesion", none for "none of the panels"; None where it picks nothing readable."""
+        place = read_panel(text)
+        if place is not None:
+            return [i for i, t in enumerate(self.tiles) if t["place"] == place] or None
+        if "asks for every lesion" in text:
+            return list(range(len(self.tiles)))
+        if "none of the panels is" in text:
+            return []
+        return None
 
     def _size_word(self, i: int) -> str:
         """"larger" or "smaller": tile i's lesion against the other tile of its kind."""

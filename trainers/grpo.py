@@ -57,8 +57,12 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
             columns = {**consistency_columns(case, len(ids)), "pointing": [sample.pointing] * len(ids)}
             written = predictor.model.encode_target(sample.answer) if cfg.text_weight else None  # only when trained on
+            anchors = None
+            if cfg.anchor_follows_text and hasattr(case, "named_in"):
+                picked = [case.named_in(predictor.decode_text(c)) for c in ids]
+                anchors = torch.cat([sample.target if named is None else case.target(named) for named in picked])
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,
-                                columns, target_ids=written))
+                                columns, target_ids=written, anchor_targets=anchors))
         return groups
 
     return make
@@ -95,6 +99,9 @@ def main(argv=None) -> None:
     parser.add_argument("--freeze-mask-path", action="store_true", help="train the language model only: the "
                         "adapter, box pointer and decoder stay as the base left them (GRPO's mask path drifted back to "
                         "the salient lesion while the text still named the question's panel, grpo15)")
+    parser.add_argument("--anchor-follows-text", action="store_true", help="composites: the supervised anchor "
+                        "draws each completion's mask towards the tile its reasoning names, not the question's (an "
+                        "anchor on the question's tile taught the mask path to overrule the text, grpo13/15)")
     parser.add_argument("--box-weight", type=float, default=0.3, help="the probe box's and pointer's loss in the "
                         "supervised anchor (beside DiceCE)")
     parser.add_argument("--lr", type=float, default=2e-5)
@@ -128,6 +135,7 @@ def main(argv=None) -> None:
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
                      box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner,
                      freeze_mask_path=args.freeze_mask_path, text_weight=args.text_weight,
+                     anchor_follows_text=args.anchor_follows_text,
                      bf16_decoder=decoder_bf16(args.precision))
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself

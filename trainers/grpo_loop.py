@@ -44,6 +44,8 @@ class GRPOConfig:
     weights: RewardWeights = field(default_factory=RewardWeights)
     text_weight: float = 0.0      # cross-entropy of the case's written answer (SFT's text loss) beside the policy
     #                               term: keeps what no reward pays for in the sampled texts (the composite reasoning)
+    anchor_follows_text: bool = False  # composites: the anchor's target is the tile the completion's reasoning
+    #                                    names, not the question's (a wrong pick is the text's fault, paid by the rewards)
     min_reward_spread: float = 0.01  # groups whose totals span less than this share of `reward_range(weights)`
     #                                  (0.08 with the default weights) are dropped: pixel noise is no signal
 
@@ -63,6 +65,8 @@ class Group:
     columns: dict = field(default_factory=dict)   # extra reward columns (human_rank, human_rating)
     sampling: list[tuple[float, float]] | None = None  # per completion (temperature, top_p); None: the config's
     target_ids: list[int] | None = None  # the case's written answer (ground truth mode), for `text_weight`
+    anchor_targets: torch.Tensor | None = None  # n × 1 × 256 × 256: each completion's own anchor target
+    #                                             (`anchor_follows_text`); None: `target` for every completion
 
     def sampling_of(self, i: int, cfg: "GRPOConfig") -> tuple[float, float]:
         """The distribution completion `i` was sampled from, for re-scoring it."""
@@ -155,7 +159,9 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
         mask_logits = masks["logits"].float()
         target = F.interpolate(g.target, size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
         if masks["rows"]:  # the supervised anchor: DiceCE, and the probe's box and pointer on the policy's own texts
-            mask_loss, box_loss = model.probe_losses(masks, target, states)
+            anchor = target if g.anchor_targets is None else F.interpolate(
+                g.anchor_targets.to(device), size=mask_logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
+            mask_loss, box_loss = model.probe_losses(masks, anchor, states)
             mask_losses.append(mask_loss + cfg.box_weight * box_loss)
         pred = (mask_logits.detach() > 0)[:, 0].cpu().numpy()
         truth = target[0, 0].cpu().numpy()
