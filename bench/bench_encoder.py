@@ -210,6 +210,7 @@ def equality(result: dict, reference: dict, segmenter, images, ref_masks) -> Non
 def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
     """Refinement, 4 candidates and feature extraction against one encode, with backend `best`."""
     from coreseg.config import DEFAULT_CHECKPOINT, SegmenterConfig
+    from coreseg.modeling.drafting import NgramDrafter
     from coreseg.modeling.segmenter import Segmenter
     from coreseg.predictor import CoreSegPredictor
     from trainers.features import encode_item, feature_path
@@ -231,14 +232,14 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         t = time.perf_counter()
         predictor.predict(image, QUESTION, 4, seed=k)
         four.append(time.perf_counter() - t)
-    sampling, tokens = [], []
     embedding = predictor.embedding(image)
-    for k in range(max(2, args.repeats)):  # the reasoner's share of the 4 candidates: sampling the answers
-        t = time.perf_counter()
-        ids, _ = predictor.model.reasoner.generate(image, embedding, QUESTION, 4, 0.7, 0.95,
-                                                   torch.Generator().manual_seed(k))
-        sampling.append(time.perf_counter() - t)
-        tokens.append(max(len(i) for i in ids))
+    reasoner = predictor.model.reasoner
+    shipped_drafts = reasoner.drafter
+    sampling = {}
+    for label, drafter in (("with the checkpoint's guesses", shipped_drafts), ("without guesses", NgramDrafter())):
+        reasoner.drafter = drafter  # the reasoner's share of the 4 candidates: sampling the answers
+        sampling[label] = sample_speed(reasoner, image, embedding, max(2, args.repeats))
+    reasoner.drafter = shipped_drafts
     candidate = predictor.predict(image, QUESTION, 1, temperature=0.0)[0]
     x1, y1, x2, y2 = entry["box"]
     refine = []
@@ -263,8 +264,8 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         ("encode (shipped model, cache miss)", f"{enc:.2f} s", "—"),
         ("click refinement / encode", f"{ref / enc:.3f} ({ref * 1000:.0f} ms)", "≤ 0.05"),
         ("4 candidates / encode", f"{cand / enc:.2f} ({cand:.2f} s)", "≤ 1"),
-        ("  of which sampling the 4 answers", f"{statistics.median(sampling):.2f} s ({statistics.median(tokens):.0f} "
-         f"steps, {1000 * sum(sampling) / sum(tokens):.1f} ms a step)", "—"),
+        *((f"  of which sampling the 4 answers, {label}", f"{seconds:.2f} s ({tokens:.0f} tokens a row, {passes:.0f} "
+           f"passes, {1000 * seconds / passes:.1f} ms a pass)", "—") for label, (seconds, tokens, passes) in sampling.items()),
         ("decoder pass, segment-anything's forward → coreseg's (1 prompt)",
          f"{upstream[0] * 1000:.0f} → {ours[0] * 1000:.0f} ms ({upstream[0] / ours[0]:.2f}×)", "—"),
         ("decoder pass, 4 prompts on one image", f"{upstream[1] * 1000:.0f} → {ours[1] * 1000:.0f} ms "
@@ -272,6 +273,30 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         (f"trainers.features images per minute ({len(images)} images)", f"{per_minute:.1f}", "—"),
         ("encoder backend in use", used, "—"),
     ]
+
+
+def sample_speed(reasoner, image, embedding: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """Median seconds, tokens of the longest row and decoder passes of sampling 4 answers (T 0.7, top-p 0.95)."""
+    from coreseg.modeling.kv_decoder import KVDecoder
+
+    passes, run = [], KVDecoder.run
+
+    def counted(self, tokens):
+        passes[-1] += 1
+        return run(self, tokens)
+
+    seconds, tokens = [], []
+    KVDecoder.run = counted
+    try:
+        for k in range(repeats):
+            passes.append(0)
+            t = time.perf_counter()
+            ids, _ = reasoner.generate(image, embedding, QUESTION, 4, 0.7, 0.95, torch.Generator().manual_seed(k))
+            seconds.append(time.perf_counter() - t)
+            tokens.append(max(len(i) for i in ids))
+    finally:
+        KVDecoder.run = run
+    return statistics.median(seconds), statistics.median(tokens), statistics.median(passes)
 
 
 def decoder_pass(predictor, embedding: torch.Tensor, candidate, repeats: int) -> tuple[tuple, tuple]:

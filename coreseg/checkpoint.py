@@ -4,6 +4,8 @@
     trainable.safetensors   LoRA and the answer tokens' embedding rows, or the compact reasoner; adapter,
                             mask decoder
     tokenizer/              the reasoner's tokenizer with the answer tags (loads with AutoTokenizer)
+    drafts.json             compact: the n-gram guesses its sampling checks (`coreseg.modeling.drafting`); optional:
+                            they change how fast it samples, never what
 
 Base weights (LiteMedSAM's encoder, Qwen2.5-VL, a SAM .pth) are not copied: the config says where
 they come from.
@@ -73,6 +75,9 @@ def save_checkpoint(model, path: str | Path, model_version: str, trained: bool =
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.trainable_state_dict().items()}
     save_file(state, str(tmp / "trainable.safetensors"))
     model.reasoner.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    drafter = getattr(model.reasoner, "drafter", None)
+    if drafter is not None and len(drafter):
+        drafter.save(tmp / "drafts.json")
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_version": model_version, "trained": trained,
             "parent": parent, "metrics": metrics or {}, "config": model.config.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -120,6 +125,10 @@ def load_checkpoint(path: str | Path, device: str = "auto"):
         raise CheckpointError(f"{path} does not fit its config: {len(missing)} missing tensors "
                               f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
     model.load_state_dict(state, strict=False)
+    if (Path(path) / "drafts.json").is_file() and hasattr(model.reasoner, "drafter"):
+        from coreseg.modeling.drafting import NgramDrafter
+
+        model.reasoner.drafter = NgramDrafter.load(Path(path) / "drafts.json")
     model.to(resolve_device(device)).eval()  # on CUDA the predictor runs under bf16 autocast
     return model, info
 

@@ -8,6 +8,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from coreseg.config import DEFAULT_CHECKPOINT
+from coreseg.modeling.drafting import DRAFT_LENGTH, NgramDrafter
 from coreseg.modeling.kv_decoder import KVDecoder
 from coreseg.predictor import CoreSegPredictor
 
@@ -70,15 +71,22 @@ def test_draw_log_probabilities_are_the_re_scoring_distribution():
         assert torch.allclose(logp, sampling_logprobs(logits, token, temperature, top_p), atol=1e-5)
 
 
-def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped):
+def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch):
     """The states kept while sampling (what the adapter reads at `<seg>`, and the image tokens' for the box
-    pointer) are the teacher-forced forward's, and the predictor's masks from them are the forced masks."""
+    pointer) are the teacher-forced forward's, with guessed tokens accepted several at a time, and the
+    predictor's masks from them are the forced masks."""
     from coreseg.metrics import dice
 
     predictor, reasoner = shipped, shipped.model.reasoner
     image = square((96, 80), slice(30, 60), slice(20, 50), 180)
     embedding = predictor.embedding(image)
     question = "Outline the lesion."
+    learned = NgramDrafter()
+    monkeypatch.setattr(reasoner, "drafter", learned)
+    with torch.no_grad():
+        for completion in reasoner.sample(image, embedding, question, 2, 0.9, 0.95, torch.Generator()).ids:
+            learned.learn(completion)
+    assert len(learned) > 100
     with torch.no_grad():
         sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(3))
         _, hidden, states = reasoner.forward_completions([image] * 3, embedding.expand(3, -1, -1, -1),
@@ -94,3 +102,98 @@ def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped):
     assert any(c.mask.any() for c in drawn)
     for a, b in zip(drawn, forced_masks):
         assert (not a.mask.any() and not b.mask.any()) or dice(a.mask, b.mask) > 0.99
+
+
+def tiny_lm(vocab: int, seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_rows_of_different_lengths_match_the_transformers_forward():
+    """A pass that feeds each row several tokens after rows kept different numbers of earlier ones computes, per
+    row, the transformers forward of that row's own sequence (what speculative sampling relies on)."""
+    lm = tiny_lm(97)
+    prompt = torch.randn(5, 32)
+    decoder = KVDecoder(lm, rows=2, max_length=5 + 8)
+    first = torch.tensor([[7, 8, 9], [10, 11, 12]])
+    second = torch.tensor([[20, 21, 22], [30, 31, 32]])
+    with torch.no_grad():
+        decoder.prefill(prompt)
+        decoder.run(first)
+        decoder.advance(torch.tensor([3, 1]))  # row 0 keeps 7 8 9, row 1 only 10
+        logits, states = decoder.run(second)
+        for row, kept in ((0, [7, 8, 9]), (1, [10])):
+            tokens = torch.tensor(kept + second[row].tolist())
+            full = torch.cat([prompt, lm.model.embed_tokens(tokens)])[None]
+            out = lm(inputs_embeds=full, output_hidden_states=True)
+            assert torch.allclose(logits[row], out.logits[0, -3:], atol=1e-5), row
+            assert torch.allclose(states[row], out.hidden_states[-1][0, -3:], atol=1e-5), row
+
+
+def _sample(lm, rows, drafter, temperature, top_p=1.0, seed=0, max_new=6):
+    from coreseg.modeling.sampling import sample_tokens
+
+    prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(123))
+    decoder = KVDecoder(lm, rows, 4 + max_new + DRAFT_LENGTH)
+    with torch.no_grad():
+        return sample_tokens(decoder, decoder.prefill(prompt), [0], max_new, temperature, top_p,
+                             torch.Generator().manual_seed(seed), drafter)
+
+
+def test_guessed_tokens_leave_greedy_answers_log_probabilities_and_states_unchanged():
+    lm = tiny_lm(50, seed=1)
+    plain = _sample(lm, 2, None, 0.0, max_new=12)
+    right, wrong = NgramDrafter(order=2), NgramDrafter(order=2)
+    right.learn(plain[0][0])
+    wrong.learn([(t + 1) % 50 for t in plain[0][0]])
+    for drafter in (right, wrong):
+        ids, logps, states = _sample(lm, 2, drafter, 0.0, max_new=12)
+        assert ids == plain[0]
+        assert np.allclose(logps[0], plain[1][0], atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(states, plain[2]))
+    assert len(plain[0][0]) == 12 and len(plain[2][0]) == 11  # the last token is never fed
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.8, 0.9)])
+def test_guessed_tokens_leave_the_sampling_distribution_unchanged(temperature, top_p):
+    """Over 4,000 rows, the first two tokens' joint frequencies with guesses (a drafter that guesses a likely and an
+    unlikely token) match the exact distribution enumerated from the model, as plain sampling's do."""
+    from coreseg.modeling.sampling import sampling_distribution
+
+    vocab = 6
+    lm = tiny_lm(vocab, seed=2)
+    with torch.no_grad():  # exact P(t1, t2) by enumeration
+        prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(123))
+        p1 = sampling_distribution(lm(inputs_embeds=prompt[None]).logits[0, -1], temperature, top_p).exp()
+        seqs = torch.cat([prompt.expand(vocab, -1, -1), lm.model.embed_tokens(torch.arange(vocab))[:, None]], 1)
+        p2 = sampling_distribution(lm(inputs_embeds=seqs).logits[:, -1], temperature, top_p).exp()
+        exact = (p1[:, None] * p2).numpy()
+    drafter = NgramDrafter(order=1)
+    for a, b in ((1, 2), (2, 3), (3, 4), (4, 5), (5, 1)):
+        drafter.learn([a, b, a, b])
+    rows = 4000
+    for guesses in (None, drafter):
+        ids, _, _ = _sample(lm, rows, guesses, temperature, top_p, seed=5, max_new=3)
+        assert all(1 <= len(row) <= 3 and (len(row) == 3 or row[-1] == 0) for row in ids)
+        counts = np.zeros((vocab, vocab))
+        for row in ids:
+            if len(row) >= 2:
+                counts[row[0], row[1]] += 1
+            else:  # stopped at token 0
+                counts[row[0]] += exact[row[0]] / exact[row[0]].sum()
+        assert np.abs(counts / rows - exact).max() < 0.025, guesses
+
+
+def test_the_nucleus_from_the_most_likely_tokens_is_the_fully_sorted_one():
+    from coreseg.modeling.sampling import nucleus_mask
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.5, 3.0, 12.0):  # flat rows (the nucleus reaches past the head: full sort) to peaked ones
+        probs = torch.softmax(torch.randn(40, 1300, generator=generator) * scale, dim=-1)
+        for top_p in (0.5, 0.9, 0.95, 0.999):
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            expected = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, sorted_p.cumsum(-1) - sorted_p < top_p)
+            assert torch.equal(nucleus_mask(probs, top_p), expected), (scale, top_p)

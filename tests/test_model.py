@@ -86,10 +86,16 @@ def test_answer_boxes_are_converted_at_the_model_boundary(compact):
         (80, 55, 180, 125), abs=1)
 
 
-def test_compact_checkpoint_round_trip_and_version_check(compact, tmp_path):
+def test_compact_checkpoint_round_trip_and_version_check(compact, tmp_path, monkeypatch):
+    from coreseg.modeling.drafting import NgramDrafter
+
+    drafter = NgramDrafter()
+    drafter.learn([5, 6, 7, 8, 9])
+    monkeypatch.setattr(compact.model.reasoner, "drafter", drafter)
     path = save_checkpoint(compact.model, tmp_path / "ckpt", "v-test", trained=True)
     loaded, info = load_checkpoint(path, device="cpu")
     assert info.model_version == "v-test" and info.trained
+    assert loaded.reasoner.drafter.draft([], 8) == [5, 6, 7, 8, 9], "the sampling guesses travel with the weights"
     for key, value in compact.model.trainable_state_dict().items():
         assert torch.equal(loaded.trainable_state_dict()[key].float(), value.float().half().float()), key
     meta = json.loads((path / "coreseg.json").read_text())

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from coreseg import eval as coreseg_eval
+from coreseg.answer import render_answer
 from coreseg.checkpoint import load_checkpoint
 from trainers import grpo, sft
 
@@ -42,8 +43,10 @@ def test_sft_writes_epochs_and_resumes(trained):
     val_lm = [float(r["val_lm"]) for r in rows if r["val_lm"]]
     assert len(val_lm) == 3 and len(first) == 2, "resume ran exactly the missing epoch"
     assert val_lm[-1] < val_lm[0], "the text loss falls"
-    _, info = load_checkpoint(out / "last")
+    model, info = load_checkpoint(out / "last")
     assert info.model_version.endswith("-e3") and info.trained
+    first = model.encode_target(render_answer("A dark region.", "lesion", [(1, 2, 3, 4)]))[0]
+    assert model.reasoner.drafter.draft([], 1) == [first], "SFT's checkpoint guesses the phrasing it was taught"
 
 
 def test_sft_from_a_checkpoint_names_its_version_as_parent(tiny_sft, tmp_path):

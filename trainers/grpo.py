@@ -58,7 +58,7 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             columns = {**consistency_columns(case, len(ids)), "pointing": [sample.pointing] * len(ids)}
             written = predictor.model.encode_target(sample.answer) if cfg.text_weight else None  # only when trained on
             anchors = None
-            if cfg.anchor_follows_text and hasattr(case, "named_in"):
+            if cfg.anchor_follows_text and hasattr(case, "named_in") and sample.targets:  # an absent kind: empty
                 picked = [case.named_in(predictor.decode_text(c)) for c in ids]
                 anchors = torch.cat([sample.target if named is None else case.target(named) for named in picked])
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,

@@ -45,7 +45,8 @@ class GRPOConfig:
     text_weight: float = 0.0      # cross-entropy of the case's written answer (SFT's text loss) beside the policy
     #                               term: keeps what no reward pays for in the sampled texts (the composite reasoning)
     anchor_follows_text: bool = False  # composites: the anchor's target is the tile the completion's reasoning
-    #                                    names, not the question's (a wrong pick is the text's fault, paid by the rewards)
+    #                                    names, not the question's (a wrong pick is the text's fault, paid by the
+    #                                    rewards); a question about a kind no tile shows keeps its empty target
     min_reward_spread: float = 0.01  # groups whose totals span less than this share of `reward_range(weights)`
     #                                  (0.08 with the default weights) are dropped: pixel noise is no signal
 
@@ -75,9 +76,16 @@ class Group:
 
 def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, cfg: GRPOConfig,
                  generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+    """The group's completions and their log-probabilities; a compact reasoner's drafter learns the policy's
+    phrasing from them (its checkpoint then samples as fast as the policy writes)."""
+    reasoner = predictor.model.reasoner
     with torch.no_grad():
-        return predictor.model.reasoner.generate(image, embedding, question, cfg.group_size, cfg.temperature,
-                                                 cfg.top_p, generator)
+        ids, logps = reasoner.generate(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
+                                       generator)
+    if hasattr(reasoner, "drafter"):
+        for completion in ids:
+            reasoner.drafter.learn(completion)
+    return ids, logps
 
 
 def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float, top_p: float = 1.0) -> torch.Tensor:

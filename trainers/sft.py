@@ -251,6 +251,9 @@ def main(argv=None) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step) * group["scale"]
             questions, completions, targets = encode_batch(core, batch, rng)
+            if hasattr(core.reasoner, "drafter"):  # its sampling's first guesses: the phrasing it is taught
+                for completion in completions:
+                    core.reasoner.drafter.learn(completion)
             boxes, points = prompt_mix(list(targets[:, None]), rng, image_size, args.prompt_share)
             with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=bf16):
                 result = model([c.image for c in batch], torch.cat([c.embedding for c in batch]).to(accelerator.device),

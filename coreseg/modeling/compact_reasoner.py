@@ -13,6 +13,7 @@ from coreseg.answer import ANSWER_CLOSE
 from coreseg.config import ReasonerConfig
 from coreseg.modeling.tokenizer import IM_END, IM_START
 from coreseg.modeling.box_pointer import ImageStates
+from coreseg.modeling.drafting import DRAFT_LENGTH, NgramDrafter
 from coreseg.modeling.kv_decoder import KVDecoder
 from coreseg.modeling.sampling import Sampled, sample_tokens
 
@@ -35,6 +36,7 @@ class CompactReasoner(nn.Module):
         grid = cfg.image_grid
         self.image_proj = nn.Sequential(nn.LayerNorm(EMBEDDING_DIM), nn.Linear(EMBEDDING_DIM, cfg.hidden_size))
         self.image_pos = nn.Parameter(torch.randn(grid * grid, cfg.hidden_size) * 0.02)
+        self.drafter = NgramDrafter()  # guesses for speculative sampling: what training taught it (checkpoint's drafts)
 
     @property
     def hidden_size(self) -> int:
@@ -88,13 +90,12 @@ class CompactReasoner(nn.Module):
                top_p: float, generator: torch.Generator) -> Sampled:
         """Sample `n` completions as one batch, keeping the states the adapter and the box pointer read."""
         prompt = self._prompt_embeds(embedding, [question])[0]
-        decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens)
-        ids, logps = sample_tokens(decoder.prefill(prompt), decoder.step, self.stop_ids, self.cfg.max_new_tokens,
-                                   temperature, top_p, generator)
-        states = decoder.token_states()
+        decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens + DRAFT_LENGTH)
+        ids, logps, states = sample_tokens(decoder, decoder.prefill(prompt), self.stop_ids, self.cfg.max_new_tokens,
+                                           temperature, top_p, generator, self.drafter)
         first, grid = self._image_offset(), self.cfg.image_grid
-        image_states = ImageStates(decoder.prompt_states()[first:first + grid * grid], grid, grid)
-        return Sampled(ids, logps, [states[i, :len(c)] for i, c in enumerate(ids)], [image_states] * n)
+        image_states = ImageStates(decoder.prompt_states[first:first + grid * grid], grid, grid)
+        return Sampled(ids, logps, states, [image_states] * n)
 
     def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
                  top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:

@@ -7,13 +7,15 @@ computes four masks to return one. Here:
 - the image side (embedding + dense prompt, positional encoding, the first layer's keys and values) is
   computed once per image (`ImageSide`) and shared by every prompt of a batch, and by every click when the
   caller keeps it;
+- the attentions between tokens and the image fold their image-sized projections into the few token rows
+  (`_tokens_to_image`, `_image_to_tokens`): products of heads × tokens rows (≈ 90) instead of 128 projected
+  channels per pixel, without the head transposes that copied image-sized tensors;
 - each 2 × 2 / stride-2 transposed convolution is one matrix product (its kernel never overlaps);
 - only the first mask token's mask is drawn (`multimask_output=False`, the only output this project uses).
 It is differentiable, so training takes the same path.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,17 +43,68 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
-def _attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """segment-anything's `Attention.forward` with keys/values already projected and split into heads."""
-    q = _heads(attn.q_proj(q), attn.num_heads) / math.sqrt(k.shape[-1])
-    if q.shape[-2] > k.shape[-2]:  # image → tokens: a softmax over a last axis of ~12 runs 15× slower here,
-        weights = torch.softmax(k @ q.transpose(-1, -2), dim=-2)  # so the scores are laid out keys × queries
-        return attn.out_proj(_merge(weights.transpose(-1, -2) @ v))
-    return attn.out_proj(_merge(torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v))
+def _split(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """A projection's weight (heads·d × C) as heads × d × C."""
+    return weight.view(heads, weight.shape[0] // heads, weight.shape[1])
 
 
-def _project(attn: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _heads(attn.k_proj(k), attn.num_heads), _heads(attn.v_proj(v), attn.num_heads)
+def _by_image(rows: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """rows (B × R × K) @ image (B or 1 × K × N): with one image shared by B prompts its rows are stacked into one
+    product instead of copying the image B times."""
+    if image.shape[0] == 1 and rows.shape[0] > 1:
+        return (rows.reshape(1, -1, rows.shape[-1]) @ image).view(*rows.shape[:2], image.shape[-1])
+    return rows @ image
+
+
+def _tokens_to_image(attn: nn.Module, queries: torch.Tensor, keys_pe: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """`Attention(q=queries, k=keys_pe, v=keys)` for T token queries over HW image keys, with the image-sized
+    projections folded into the few token rows: a head's scores are (q_h W_k,h) · x (k_proj's bias adds the same
+    q_h · b_k to every score of a query, which the softmax drops) and its output (P_h x) W_v,h^T + b_v (each P_h row
+    sums to 1). Products of B·heads·T rows instead of 128 projected channels, and no image-sized head transposes."""
+    batch, count, channels = queries.shape
+    heads = attn.num_heads
+    q = attn.q_proj(queries).view(batch, count, heads, -1)
+    scale = q.shape[-1] ** -0.5
+    folded = torch.einsum("bthd,hdc->bhtc", q, _split(attn.k_proj.weight, heads)).reshape(batch, -1, channels)
+    weights = torch.softmax(_by_image(folded * scale, keys_pe.transpose(-1, -2)), dim=-1)   # B × heads·T × HW
+    pooled = _by_image(weights, keys).view(batch, heads, count, channels)
+    out = torch.einsum("bhtc,hdc->bthd", pooled, _split(attn.v_proj.weight, heads)).reshape(batch, count, -1)
+    return attn.out_proj(out + attn.v_proj.bias)
+
+
+def _image_to_tokens(attn: nn.Module, keys_pe: torch.Tensor, tokens_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`Attention(q=keys_pe, k=tokens_pe, v=tokens)` for HW image queries over T token keys, folded the same way:
+    scores (W_q,h^T k_h) · x + b_q,h · k_h, output Σ_h P_h (v_h W_o,h^T) + b_o. The scores are laid out
+    keys × pixels: a softmax over a last axis of ~12 ran 15× slower here than over the other one."""
+    batch, count, channels = tokens.shape
+    heads = attn.num_heads
+    k = attn.k_proj(tokens_pe).view(batch, count, heads, -1)
+    v = attn.v_proj(tokens).view(batch, count, heads, -1)
+    scale = k.shape[-1] ** -0.5
+    folded = torch.einsum("bthd,hdc->bhtc", k, _split(attn.q_proj.weight, heads)).reshape(batch, -1, channels)
+    shift = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, -1)).reshape(batch, -1, 1)
+    scores = _by_image(folded * scale, keys_pe.transpose(-1, -2)) + shift * scale        # B × heads·T × HW
+    weights = torch.softmax(scores.view(batch, heads, count, -1), dim=-2).view(batch, heads * count, -1)
+    out_weight = attn.out_proj.weight.view(channels, heads, -1)
+    mixed = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(batch, -1, channels)
+    return weights.transpose(-1, -2) @ mixed + attn.out_proj.bias                         # B × HW × C
+
+
+def _attend_cached(attn: nn.Module, queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Token queries (B × T × C) over one image's keys and values already projected (1 × heads × HW × d): the
+    B prompts' rows are stacked per head, so the image's keys are not copied B times."""
+    batch, count, _ = queries.shape
+    heads, d = k.shape[1], k.shape[-1]
+    q = attn.q_proj(queries).view(batch, count, heads, d).permute(2, 0, 1, 3).reshape(heads, batch * count, d)
+    weights = torch.softmax((q * d ** -0.5) @ k[0].transpose(-1, -2), dim=-1)
+    out = (weights @ v[0]).view(heads, batch, count, d).permute(1, 2, 0, 3).reshape(batch, count, heads * d)
+    return attn.out_proj(out)
+
+
+def _project(attn: nn.Module, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """A projection of the image (1 × HW × C) split into heads: 1 × heads × HW × d."""
+    b, n, _ = x.shape
+    return attn(x).reshape(b, n, heads, -1).transpose(1, 2)
 
 
 def prepare_image(decoder: nn.Module, embedding: torch.Tensor, pe: torch.Tensor,
@@ -62,7 +115,7 @@ def prepare_image(decoder: nn.Module, embedding: torch.Tensor, pe: torch.Tensor,
     keys = (embedding + dense).flatten(2).transpose(1, 2)
     pe = pe.flatten(2).transpose(1, 2)
     first = decoder.transformer.layers[0].cross_attn_token_to_image
-    first_k, first_v = _project(first, keys + pe, keys)
+    first_k, first_v = _project(first.k_proj, keys + pe, first.num_heads), _project(first.v_proj, keys, first.num_heads)
     return ImageSide(keys, pe, first_k, first_v, (h, w))
 
 
@@ -105,17 +158,14 @@ def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[
         queries = layer.norm1(queries)
         keys_pe = keys + pe  # the keys change only at norm4: one sum serves both cross attentions
         if index == 0:
-            k, v = image.first_k, image.first_v
+            attended = _attend_cached(layer.cross_attn_token_to_image, queries + point_pe, image.first_k, image.first_v)
         else:
-            k, v = _project(layer.cross_attn_token_to_image, keys_pe, keys)
-        queries = layer.norm2(queries + _attend(layer.cross_attn_token_to_image, queries + point_pe, k, v))
+            attended = _tokens_to_image(layer.cross_attn_token_to_image, queries + point_pe, keys_pe, keys)
+        queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        q = queries + point_pe
-        k, v = _project(layer.cross_attn_image_to_token, q, queries)
-        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, keys_pe, k, v))
-    k, v = _project(transformer.final_attn_token_to_image, keys + pe, keys)
+        keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries))
     queries = transformer.norm_final_attn(
-        queries + _attend(transformer.final_attn_token_to_image, queries + point_pe, k, v))
+        queries + _tokens_to_image(transformer.final_attn_token_to_image, queries + point_pe, keys + pe, keys))
     hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1])
     iou = decoder.iou_prediction_head(queries[:, 0])[:, :1]
     keys = keys.expand(batch, -1, -1)
