@@ -72,9 +72,11 @@ def _tokens_to_image(attn: nn.Module, queries: torch.Tensor, keys_pe: torch.Tens
     return attn.out_proj(out + attn.v_proj.bias)
 
 
-def _image_to_tokens(attn: nn.Module, keys_pe: torch.Tensor, tokens_pe: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """`Attention(q=keys_pe, k=tokens_pe, v=tokens)` for HW image queries over T token keys, folded the same way:
-    scores (W_q,h^T k_h) · x + b_q,h · k_h, output Σ_h P_h (v_h W_o,h^T) + b_o. The scores are laid out
+def _image_to_tokens(attn: nn.Module, keys_pe: torch.Tensor, tokens_pe: torch.Tensor, tokens: torch.Tensor,
+                     residual: torch.Tensor) -> torch.Tensor:
+    """`residual + Attention(q=keys_pe, k=tokens_pe, v=tokens)` for HW image queries over T token keys, folded the
+    same way: scores (W_q,h^T k_h) · x + b_q,h · k_h, output Σ_h P_h (v_h W_o,h^T + b_o / heads) (each P_h row sums to
+    1, so the bias rides in the product), added to the residual by the product itself. The scores are laid out
     keys × pixels: a softmax over a last axis of ~12 ran 15× slower here than over the other one."""
     batch, count, channels = tokens.shape
     heads = attn.num_heads
@@ -86,8 +88,8 @@ def _image_to_tokens(attn: nn.Module, keys_pe: torch.Tensor, tokens_pe: torch.Te
     scores = _by_image(folded * scale, keys_pe.transpose(-1, -2)) + shift * scale        # B × heads·T × HW
     weights = torch.softmax(scores.view(batch, heads, count, -1), dim=-2).view(batch, heads * count, -1)
     out_weight = attn.out_proj.weight.view(channels, heads, -1)
-    mixed = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(batch, -1, channels)
-    return weights.transpose(-1, -2) @ mixed + attn.out_proj.bias                         # B × HW × C
+    mixed = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(batch, -1, channels) + attn.out_proj.bias / heads
+    return torch.baddbmm(residual.expand(batch, -1, -1), weights.transpose(-1, -2), mixed)   # B × HW × C
 
 
 def _attend_cached(attn: nn.Module, queries: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -163,7 +165,7 @@ def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[
             attended = _tokens_to_image(layer.cross_attn_token_to_image, queries + point_pe, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries))
+        keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries, keys))
     queries = transformer.norm_final_attn(
         queries + _tokens_to_image(transformer.final_attn_token_to_image, queries + point_pe, keys + pe, keys))
     hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1])
