@@ -33,16 +33,6 @@ class ImageSide:
     size: tuple[int, int]    # h, w of the embedding grid
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
 def _split(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """A projection's weight (heads·d × C) as heads × d × C."""
     return weight.view(heads, weight.shape[0] // heads, weight.shape[1])
