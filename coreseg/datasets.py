@@ -35,6 +35,7 @@ DATA_ENV = "CORESEG_DATA"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_SPECK = 20  # pixels: connected parts of a JPEG mask smaller than this are artefacts
 SPLITS = ("train", "val", "all")
+DEV_EVERY = 20  # every 20th training case is held out to choose checkpoints on: the val split never chooses
 
 # Mask stems that differ from the image stem: prefixes / suffixes seen in public sets (matched case-insensitively).
 _MASK_PREFIXES = ("mask_", "masks_", "seg_", "gt_", "label_", "bus_")
@@ -326,6 +327,31 @@ def load_split(data_dir, set_name: str, split: str) -> list[LabelledImage]:
     if info.name == "kvasir":
         return items[:-100] if split == "train" else items[-100:]
     return [it for i, it in enumerate(items) if (i % 5 == 4) == (split == "val")]  # ph2
+
+
+def interleave(lists: list[list]) -> list:
+    """Round-robin over the sets (the trainers' order: a partial run covers all of them)."""
+    out, longest = [], max((len(x) for x in lists), default=0)
+    for i in range(longest):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
+def held_out(cases: list, every: int = DEV_EVERY) -> tuple[list, list]:
+    """(training, development): every `every`-th case is held out to choose checkpoints on, so the
+    reported validation split is never looked at during training."""
+    if every <= 1:
+        return cases, []
+    if len(cases) < every:  # a small set still keeps one case apart
+        return cases[:-1], cases[-1:]
+    return ([c for i, c in enumerate(cases) if i % every != every - 1],
+            [c for i, c in enumerate(cases) if i % every == every - 1])
+
+
+def development_items(data_dir, sets: list[str], every: int = DEV_EVERY) -> list[LabelledImage]:
+    """The development images: the training split's held-out share, in the trainers' order (the sets
+    interleaved; with every training image in the feature cache, the images SFT and GRPO never trained on)."""
+    return held_out(interleave([load_split(data_dir, s, "train") for s in sets]), every)[1]
 
 
 # ----------------------------------------------------------------------------------------------- pixels

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_composite, plan_composites
 from coreseg.config import SegmenterConfig
-from coreseg.datasets import LabelledImage, load_folder, load_split, read_image, read_mask
+from coreseg.datasets import LabelledImage, development_items, load_folder, load_split, read_image, read_mask
 from coreseg.embedding_cache import pixel_key
 from coreseg.findings import (PANEL_SHARE, VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
                               read_panel, share_on, unsupported_claims)
@@ -467,8 +467,11 @@ def save_composite_gallery(examples: list[dict], path: str) -> None:
 def gather_items(args) -> list[LabelledImage]:
     items = []
     if args.data:
-        for set_name in args.sets.split(","):
-            items += load_split(args.data, set_name, args.split)[:args.limit]
+        if args.split == "dev":
+            items += development_items(args.data, args.sets.split(","))[:args.limit]
+        else:
+            for set_name in args.sets.split(","):
+                items += load_split(args.data, set_name, args.split)[:args.limit]
     for folder in args.folder or []:
         items += load_folder(folder, Path(folder).name)[:args.limit]
     return items
@@ -477,7 +480,8 @@ def gather_items(args) -> list[LabelledImage]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="folder with busbra/, kvasir-seg/, ph2/")
-    parser.add_argument("--split", default="val", choices=["train", "val", "all"])
+    parser.add_argument("--split", default="val", choices=["train", "val", "all", "dev"],
+                        help="dev: the training images SFT and GRPO hold out (every 20th), to choose checkpoints on")
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--folder", action="append", help="any folder with images/ and masks/ (an extra set)")
     parser.add_argument("--question", default=None, help="the question for every image (needed for --folder)")
@@ -495,6 +499,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.folder and not args.question:
         parser.error("--folder needs --question (what to ask about those images)")
+    if args.split == "dev" and args.composites:
+        parser.error("--split dev scores the held-out single scans; composites: --split val (runs before "
+                     "2026-12-07 held out different composites in SFT and GRPO)")
     torch.set_num_threads(args.threads)
     from coreseg.config import DEFAULT_CHECKPOINT
 

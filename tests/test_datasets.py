@@ -208,3 +208,16 @@ def test_training_and_serving_read_the_same_pixels(tmp_path):
     assert trained.dtype == np.uint8 and trained.shape == (40, 50, 3)
     assert np.array_equal(trained, read_scan(deep).display)
     assert trained[20, 25, 0] > 100          # windowed on percentiles, not squashed by the outlier
+
+
+def test_the_development_share_is_every_20th_case_of_the_interleaved_sets():
+    """One rule, in `coreseg.datasets`, for what SFT and GRPO hold out and what `coreseg.eval --split dev` scores."""
+    from coreseg.datasets import DEV_EVERY, held_out, interleave
+
+    lists = [[("busbra", i) for i in range(30)], [("kvasir", i) for i in range(25)], [("ph2", i) for i in range(5)]]
+    merged = interleave(lists)
+    assert merged[:4] == [("busbra", 0), ("kvasir", 0), ("ph2", 0), ("busbra", 1)] and len(merged) == 60
+    train, dev = held_out(merged)
+    assert DEV_EVERY == 20 and dev == [merged[19], merged[39], merged[59]]
+    assert len(train) == 57 and not set(train) & set(dev)
+    assert held_out(merged[:5]) == (merged[:4], merged[4:5])  # a small set still keeps one case apart

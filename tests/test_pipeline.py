@@ -118,3 +118,12 @@ def test_soup_interpolates_a_run_and_its_continuation(trained, tmp_path):
     shallower = CoreSeg.build(config, tokenizer=second.reasoner.tokenizer)
     with pytest.raises(ValueError, match="different architectures"):
         soup.interpolate(shallower, second, 0.5)
+
+
+def test_the_eval_s_development_images_are_the_ones_training_held_out(trained):
+    from coreseg.datasets import development_items, held_out
+    from trainers.samples import load_cases
+
+    _, data, cache = trained
+    kept, dev = held_out(load_cases(data, cache, ["busbra"], "train"))
+    assert kept and [c.item.image_id for c in dev] == [i.image_id for i in development_items(data, ["busbra"])]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from coreseg.config import SegmenterConfig
 from coreseg.lesion_facts import thumbnail
-from coreseg.datasets import LabelledImage, load_split, read_image, read_mask
+from coreseg.datasets import LabelledImage, interleave, load_split, read_image, read_mask
 from coreseg.modeling.segmenter import Segmenter, mask_to_low_res
 
 
@@ -49,14 +49,6 @@ def load_features(path: Path) -> dict:
         data = {k: f[k] for k in f.files}
     data["labels"] = json.loads(str(data["labels"]))
     return data
-
-
-def interleave(lists: list[list]) -> list:
-    """Round-robin over the sets so a partial run covers all of them."""
-    out, longest = [], max((len(x) for x in lists), default=0)
-    for i in range(longest):
-        out.extend(x[i] for x in lists if i < len(x))
-    return out
 
 
 def main(argv=None) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
+from coreseg.datasets import DEV_EVERY, held_out
 from coreseg.precision import add_precision_argument
 from trainers.grpo_loop import (GRPOConfig, Group, ReferencePolicy, StepLog, _advantages,  # noqa: F401
                                 _token_logps, case_index, decoder_bf16, grpo_loss, plot_curves,
@@ -89,7 +90,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--composites", type=int, default=0, help="mix in up to N cached training composites")
-    parser.add_argument("--dev-every", type=int, default=20, help="skip the images SFT held out (its dev set)")
+    parser.add_argument("--dev-every", type=int, default=DEV_EVERY, help="skip the images and composites SFT held out "
+                        "(its development set; `python -m coreseg.eval --split dev` scores the images)")
     parser.add_argument("--steps", type=int, default=None, help="default: 100 (ground truth), 2 passes (feedback)")
     parser.add_argument("--batch-cases", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=4)
@@ -130,7 +132,7 @@ def main(argv=None) -> None:
         parser.error("give --data (ground-truth mode) or --db (feedback mode)")
     if not args.base:
         parser.error("--data needs --base CKPT (e.g. an SFT run's OUT/last)")
-    from trainers.samples import attach_embeddings, load_cases, split_development
+    from trainers.samples import attach_embeddings, load_cases
 
     cfg = GRPOConfig(group_size=args.group_size, beta=args.beta, lr=args.lr, temperature=args.temperature,
                      box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner,
@@ -139,12 +141,12 @@ def main(argv=None) -> None:
                      bf16_decoder=decoder_bf16(args.precision))
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself
-    cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit, with_images=full)
-    if args.composites:
+    cases, _ = held_out(load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit, with_images=full),
+                        args.dev_every)
+    if args.composites:  # held out apart from the single scans, as SFT holds them out
         from trainers.composites import load_composite_cases
 
-        cases += load_composite_cases(args.cache, "train", args.composites)
-    cases, _ = split_development(cases, args.dev_every)
+        cases += held_out(load_composite_cases(args.cache, "train", args.composites), args.dev_every)[0]
     if not cases:
         raise SystemExit(f"no training images under {args.data}" + (f" with features in {args.cache}" if args.cache
                                                                      else ""))

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from coreseg.answer import render_answer
-from coreseg.datasets import LabelledImage, load_split, read_image, read_mask
+from coreseg.datasets import LabelledImage, interleave, load_split, read_image, read_mask
 from coreseg.geometry import mask_to_low_res
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import thumbnail
-from trainers.features import feature_path, interleave, load_features
+from trainers.features import feature_path, load_features
 from coreseg.questions import KINDS, sample_question, worded_question
 from coreseg.lesion_facts import LesionFacts, describe_lesion
 from trainers.reasoning import MODALITY_OF, build_reasoning, describe_absence, target_name
@@ -116,14 +116,3 @@ def attach_embeddings(cases: list, model) -> None:
     for case in cases:
         if getattr(case, "embedding", None) is None:
             case.embedding = model.segmenter.encode(case.image).cpu()
-
-
-def split_development(cases: list, every: int) -> tuple[list, list]:
-    """(training, development): every `every`-th case is held out to choose checkpoints on, so the
-    reported validation split is never looked at during training."""
-    if every <= 1:
-        return cases, []
-    if len(cases) < every:  # a small set still keeps one case apart
-        return cases[:-1], cases[-1:]
-    return ([c for i, c in enumerate(cases) if i % every != every - 1],
-            [c for i, c in enumerate(cases) if i % every == every - 1])

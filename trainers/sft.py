@@ -29,12 +29,13 @@ from tqdm import tqdm
 
 from coreseg.checkpoint import load_checkpoint, read_info, save_checkpoint
 from coreseg.config import ModelConfig, ReasonerConfig
+from coreseg.datasets import DEV_EVERY, held_out
 from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice, mask_box
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
 from coreseg.precision import add_precision_argument, use_bf16
-from trainers.samples import Case, attach_embeddings, load_cases, split_development
+from trainers.samples import Case, attach_embeddings, load_cases
 
 
 
@@ -156,7 +157,7 @@ def main(argv=None) -> None:
     parser.add_argument("--prompt-share", type=float, default=0.3, help="share of batches with box/click prompts")
     parser.add_argument("--limit", type=int, default=None, help="at most N training images per set")
     parser.add_argument("--val-limit", type=int, default=40, help="at most N development cases")
-    parser.add_argument("--dev-every", type=int, default=20, help="every N-th training image (and composite) is "
+    parser.add_argument("--dev-every", type=int, default=DEV_EVERY, help="every N-th training image (and composite) is "
                         "held out as the development set that chooses checkpoints (never the reported val split)")
     parser.add_argument("--composites", type=int, default=0, help="mix in up to N cached training composites "
                         "(python -m trainers.composites; needs --cache)")
@@ -191,9 +192,9 @@ def main(argv=None) -> None:
 
             if not args.cache:
                 parser.error("--composites needs --cache")
-            composites, dev_composites = split_development(load_composite_cases(args.cache, "train", args.composites),
+            composites, dev_composites = held_out(load_composite_cases(args.cache, "train", args.composites),
                                                            args.dev_every)
-        cases, val = split_development(cases, args.dev_every)
+        cases, val = held_out(cases, args.dev_every)
         val = val[::max(1, len(val) // max(1, args.val_limit))][:args.val_limit]
         if args.composites:  # each composite is drawn `composite_repeats` times an epoch, each time another question
             cases += composites * args.composite_repeats
