@@ -11,7 +11,8 @@ computes four masks to return one. Here:
   (`_tokens_to_image`, `_image_to_tokens`): products of heads × tokens rows (≈ 90) instead of 128 projected
   channels per pixel, without the head transposes that copied image-sized tensors;
 - each 2 × 2 / stride-2 transposed convolution is one matrix product (its kernel never overlaps);
-- only the first mask token's mask is drawn (`multimask_output=False`, the only output this project uses).
+- only the first mask token's mask is drawn (`multimask_output=False`, the only output this project uses), and the
+  final attention runs for the two tokens read after it (IoU and that mask token).
 It is differentiable, so training takes the same path.
 """
 from __future__ import annotations
@@ -156,8 +157,10 @@ def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
         keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries, keys))
+    # only the IoU token and the first mask token are read after the final attention: it runs for those two
+    queries = queries[:, :2]
     queries = transformer.norm_final_attn(
-        queries + _tokens_to_image(transformer.final_attn_token_to_image, queries + point_pe, keys + pe, keys))
+        queries + _tokens_to_image(transformer.final_attn_token_to_image, queries + point_pe[:, :2], keys + pe, keys))
     hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1])
     iou = decoder.iou_prediction_head(queries[:, 0])[:, :1]
     keys = keys.expand(batch, -1, -1)
