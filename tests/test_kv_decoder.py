@@ -23,7 +23,10 @@ def test_kv_decoder_logits_match_the_transformers_forward():
     rows = torch.tensor([[5, 9, 11, 3], [42, 42, 1, 96], [0, 17, 17, 17]])  # three rows, other tokens each
     decoder = KVDecoder(lm, rows=3, max_length=7 + 4)
     with torch.no_grad():
-        steps = [decoder.prefill(prompt)] + [decoder.step(rows[:, k]) for k in range(3)]
+        steps = [decoder.prefill(prompt)]
+        for k in range(3):  # one token per row per pass, each kept
+            steps.append(decoder.run(rows[:, k:k + 1])[0][:, 0])
+            decoder.advance(torch.ones(3, dtype=torch.long))
         full = torch.cat([prompt.expand(3, -1, -1), lm.model.embed_tokens(rows[:, :3])], dim=1)
         reference = lm(inputs_embeds=full).logits[:, 6:]
     for k, logits in enumerate(steps):

@@ -20,7 +20,7 @@ from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb, repea
 class KVDecoder:
     """Runs `lm` (a `Qwen2ForCausalLM`) over `rows` sequences of at most `max_length` tokens: first the prompt
     (`prefill`, copied to every row), then a few tokens per row per `run`, of which `advance` keeps a number per
-    row (the rest are overwritten by the next run); `step` is one token per row, all kept."""
+    row (the rest are overwritten by the next run)."""
 
     def __init__(self, lm, rows: int, max_length: int):
         config = lm.config
@@ -96,9 +96,3 @@ class KVDecoder:
     def advance(self, counts: torch.Tensor) -> None:
         """Keep the first `counts[r]` tokens of the last `run` in row r."""
         self.lengths += counts.to(self.lengths)
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each row's next token (rows) → the logits after it (rows × V)."""
-        logits, _ = self.run(tokens[:, None])
-        self.advance(torch.ones_like(self.lengths))
-        return logits[:, 0]

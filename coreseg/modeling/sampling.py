@@ -53,20 +53,6 @@ def sampling_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: f
     return chosen - torch.logsumexp(log_probs.masked_fill(~keep, float("-inf")), dim=-1)
 
 
-def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
-    """One token per row of `logits` (N × V, float) and its log-probability under the sampling distribution
-    (what `sampling_logprobs` computes, from the same softmax and nucleus: one pass instead of two)."""
-    if temperature <= 0:
-        token = logits.argmax(-1)
-        return token, torch.log_softmax(logits, dim=-1).gather(-1, token[:, None]).squeeze(-1)
-    log_probs = torch.log_softmax(logits / temperature, dim=-1)
-    probs = log_probs.exp()
-    if top_p < 1.0:
-        probs = probs * nucleus_mask(probs, top_p)
-    token = torch.multinomial(probs.cpu(), 1, generator=generator).to(logits.device).squeeze(1)
-    return token, log_probs.gather(-1, token[:, None]).squeeze(-1) - probs.sum(-1).log()
-
-
 def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """Log-probabilities (… × V) of the distribution `draw` samples from: softmax of logits / temperature cut to the
     top-p nucleus and renormalised; greedy (temperature 0) scores with the plain softmax."""
@@ -77,6 +63,17 @@ def sampling_distribution(logits: torch.Tensor, temperature: float, top_p: float
         log_probs = log_probs.masked_fill(~nucleus_mask(log_probs.exp(), top_p), float("-inf"))
         log_probs = log_probs - torch.logsumexp(log_probs, dim=-1, keepdim=True)
     return log_probs
+
+
+def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+    """One token per row of `logits` (N × V, float) and its log-probability under the sampling distribution
+    (`sampling_distribution`, what `sampling_logprobs` re-scores); greedy at temperature 0."""
+    log_probs = sampling_distribution(logits, temperature, top_p)
+    if temperature <= 0:
+        token = logits.argmax(-1)
+    else:
+        token = torch.multinomial(log_probs.exp().cpu(), 1, generator=generator).to(logits.device).squeeze(1)
+    return token, log_probs.gather(-1, token[:, None]).squeeze(-1)
 
 
 def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_new_tokens: int, temperature: float,
