@@ -26,6 +26,8 @@ from trainers.reasoning import MODALITY_OF, build_reasoning, describe_absence
 from trainers.samples import Sample
 
 MODALITY_WORDS = {"busbra": "a breast ultrasound", "kvasir": "a colonoscopy view", "ph2": "a dermoscopy image"}
+EVERY_LESION = "asks for every lesion"   # the pointing sentences' words that `named_in` reads back
+NO_PANEL = "none of the panels is"
 
 
 class CompositeCase(CompositeScan):
@@ -46,11 +48,11 @@ class CompositeCase(CompositeScan):
         one only after its modality is named ("…; none of the panels is a colonoscopy view."). The description and
         the mask that follow are about that panel."""
         if way == "all":
-            return "The question asks for every lesion, one in each panel."
+            return f"The question {EVERY_LESION}, one in each panel."
         asked = absent_kind or self.tiles[named[0]]["set_name"]
         modality = MODALITY_WORDS[asked]
         if way == "absent":
-            return f"The question asks for a {KINDS[asked][0]}, which {modality} shows; none of the panels is {modality}."
+            return f"The question asks for a {KINDS[asked][0]}, which {modality} shows; {NO_PANEL} {modality}."
         place = self.tiles[named[0]]["place"]
         if way == "place":
             return f"The question points to the {place} panel, {modality}."
@@ -63,9 +65,9 @@ class CompositeCase(CompositeScan):
         place = read_panel(text)
         if place is not None:
             return [i for i, t in enumerate(self.tiles) if t["place"] == place] or None
-        if "asks for every lesion" in text:
+        if EVERY_LESION in text:
             return list(range(len(self.tiles)))
-        if "none of the panels is" in text:
+        if NO_PANEL in text:
             return []
         return None
 
