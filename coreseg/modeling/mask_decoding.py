@@ -4,9 +4,10 @@ same weights and the same numbers (max |Δ| of the logits ≈ 1e-5, tested again
 Why: a click costs one decoder pass on the cached embedding, and 4 candidates cost four; upstream spends a
 third of that on two transposed convolutions run as convolutions, recomputes the image side per prompt and
 computes four masks to return one. Here:
-- the image side (embedding + dense prompt, positional encoding, the first layer's keys and values) is
-  computed once per image (`ImageSide`) and shared by every prompt of a batch, and by every click when the
-  caller keeps it;
+- the image side (embedding + dense prompt, positional encoding, the first layer's keys and values and its
+  image→token queries) is computed once per image (`ImageSide`, laid out pixel-major: strided views made every
+  elementwise pass over the image ~10× slower) and shared by every prompt of a batch, and by every click when
+  the caller keeps it;
 - the attentions between tokens and the image fold their image-sized projections into the few token rows
   (`_tokens_to_image`, `_image_to_tokens`): products of heads × tokens rows (≈ 90) instead of 128 projected
   channels per pixel, without the head transposes that copied image-sized tensors;
@@ -31,6 +32,7 @@ class ImageSide:
     pe: torch.Tensor         # 1 × HW × C: the dense positional encoding
     first_k: torch.Tensor    # 1 × heads × HW × d: layer 1's token→image keys
     first_v: torch.Tensor    # 1 × heads × HW × d: and values
+    first_q: torch.Tensor    # 1 × heads × HW × d: layer 1's image→token queries
     size: tuple[int, int]    # h, w of the embedding grid
 
 
@@ -64,19 +66,24 @@ def _tokens_to_image(attn: nn.Module, queries: torch.Tensor, keys_pe: torch.Tens
 
 
 def _image_to_tokens(attn: nn.Module, keys_pe: torch.Tensor, tokens_pe: torch.Tensor, tokens: torch.Tensor,
-                     residual: torch.Tensor) -> torch.Tensor:
+                     residual: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
     """`residual + Attention(q=keys_pe, k=tokens_pe, v=tokens)` for HW image queries over T token keys, folded the
     same way: scores (W_q,h^T k_h) · x + b_q,h · k_h, output Σ_h P_h (v_h W_o,h^T + b_o / heads) (each P_h row sums to
     1, so the bias rides in the product), added to the residual by the product itself. The scores are laid out
-    keys × pixels: a softmax over a last axis of ~12 ran 15× slower here than over the other one."""
+    keys × pixels: a softmax over a last axis of ~12 ran 15× slower here than over the other one. `queries`: the
+    image's projected queries already computed (1 × heads × HW × d, layer 1's `ImageSide.first_q`), which make the
+    scores a product of d instead of C columns."""
     batch, count, channels = tokens.shape
     heads = attn.num_heads
     k = attn.k_proj(tokens_pe).view(batch, count, heads, -1)
     v = attn.v_proj(tokens).view(batch, count, heads, -1)
     scale = k.shape[-1] ** -0.5
-    folded = torch.einsum("bthd,hdc->bhtc", k, _split(attn.q_proj.weight, heads)).reshape(batch, -1, channels)
-    shift = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, -1)).reshape(batch, -1, 1)
-    scores = _by_image(folded * scale, keys_pe.transpose(-1, -2)) + shift * scale        # B × heads·T × HW
+    if queries is None:
+        folded = torch.einsum("bthd,hdc->bhtc", k, _split(attn.q_proj.weight, heads)).reshape(batch, -1, channels)
+        shift = torch.einsum("bthd,hd->bht", k, attn.q_proj.bias.view(heads, -1)).reshape(batch, -1, 1)
+        scores = _by_image(folded * scale, keys_pe.transpose(-1, -2)) + shift * scale    # B × heads·T × HW
+    else:
+        scores = torch.einsum("bthd,hpd->bhtp", k * scale, queries[0]).reshape(batch, heads * count, -1)
     weights = torch.softmax(scores.view(batch, heads, count, -1), dim=-2).view(batch, heads * count, -1)
     out_weight = attn.out_proj.weight.view(channels, heads, -1)
     mixed = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(batch, -1, channels) + attn.out_proj.bias / heads
@@ -95,9 +102,9 @@ def _attend_cached(attn: nn.Module, queries: torch.Tensor, k: torch.Tensor, v: t
 
 
 def _project(attn: nn.Module, x: torch.Tensor, heads: int) -> torch.Tensor:
-    """A projection of the image (1 × HW × C) split into heads: 1 × heads × HW × d."""
+    """A projection of the image (1 × HW × C) split into heads: 1 × heads × HW × d (contiguous)."""
     b, n, _ = x.shape
-    return attn(x).reshape(b, n, heads, -1).transpose(1, 2)
+    return attn(x).reshape(b, n, heads, -1).transpose(1, 2).contiguous()
 
 
 def prepare_image(decoder: nn.Module, embedding: torch.Tensor, pe: torch.Tensor,
@@ -105,11 +112,14 @@ def prepare_image(decoder: nn.Module, embedding: torch.Tensor, pe: torch.Tensor,
     """The prompt-independent part of a decoder pass for one image (embedding 1 × C × h × w; `pe` the prompt
     encoder's dense positional encoding; `dense` its dense prompt, 1 × C × h × w, `no_mask_embed` without a mask)."""
     _, c, h, w = embedding.shape
-    keys = (embedding + dense).flatten(2).transpose(1, 2)
-    pe = pe.flatten(2).transpose(1, 2)
-    first = decoder.transformer.layers[0].cross_attn_token_to_image
-    first_k, first_v = _project(first.k_proj, keys + pe, first.num_heads), _project(first.v_proj, keys, first.num_heads)
-    return ImageSide(keys, pe, first_k, first_v, (h, w))
+    keys = (embedding + dense).flatten(2).transpose(1, 2).contiguous()
+    pe = pe.flatten(2).transpose(1, 2).contiguous()
+    first = decoder.transformer.layers[0]
+    t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+    keys_pe = keys + pe
+    first_k, first_v = _project(t2i.k_proj, keys_pe, t2i.num_heads), _project(t2i.v_proj, keys, t2i.num_heads)
+    first_q = _project(i2t.q_proj, keys_pe, i2t.num_heads)
+    return ImageSide(keys, pe, first_k, first_v, first_q, (h, w))
 
 
 def _upscale_matrices(decoder: nn.Module) -> tuple[torch.Tensor, ...]:
@@ -149,14 +159,16 @@ def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[
             q = queries + point_pe
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
-        keys_pe = keys + pe  # the keys change only at norm4: one sum serves both cross attentions
-        if index == 0:
+        if index == 0:  # the image side is the cached one: its projections are ready
+            keys_pe = None
             attended = _attend_cached(layer.cross_attn_token_to_image, queries + point_pe, image.first_k, image.first_v)
         else:
+            keys_pe = keys + pe  # the keys change only at norm4: one sum serves both cross attentions
             attended = _tokens_to_image(layer.cross_attn_token_to_image, queries + point_pe, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries, keys))
+        keys = layer.norm4(_image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries, keys,
+                                            image.first_q if index == 0 else None))
     # only the IoU token and the first mask token are read after the final attention: it runs for those two
     queries = queries[:, :2]
     queries = transformer.norm_final_attn(
