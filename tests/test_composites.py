@@ -275,3 +275,56 @@ def test_single_scans_ask_present_and_absent_findings_in_the_same_words():
     shared = asked["present"] & asked["absent"]
     assert "Segment the {kind} that most warrants a biopsy." in shared, shared
     assert len(shared) >= 6
+
+
+def test_paired_draws_give_a_composite_two_questions_naming_different_tiles():
+    """SFT's counterfactual pairs: with `paired`, each composite is drawn twice in its batch, the two questions
+    naming different tiles (so different answers and target masks on one image); a single scan stays one draw,
+    and without `paired` nothing is doubled."""
+    from coreseg.lesion_facts import describe_lesion
+    from trainers.samples import Case
+    from trainers.sft import draw_samples
+
+    scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
+    image, mask = tile(96, 128, (0.5, 0.45), (0.3, 0.24), 0)
+    thumb, thumb_mask = thumbnail(image, mask)
+    single = Case(item("busbra", "busbra-9"), None, torch.ones(1, 1, 256, 256), (96, 128),
+                  describe_lesion(thumb, thumb_mask, "ultrasound"), thumb_mask.shape)
+    rng = random.Random(0)
+    for _ in range(20):
+        drawn = draw_samples([scan, single], rng, FRAME, paired=True)
+        assert [case for case, _ in drawn] == [scan, scan, single]
+        first, second = drawn[0][1], drawn[1][1]
+        assert first.targets != second.targets and first.question != second.question
+        assert not torch.equal(first.target, second.target)
+        assert [case for case, _ in draw_samples([scan, single], rng, FRAME)] == [scan, single]
+
+
+def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
+    """The text-loss weights SFT gives a composite answer: `weight` on exactly the tokens that spell the sentence
+    picking the panel (decoded back, they are that sentence), 1 on every other token of the target the model is
+    trained on; an answer without a pointing sentence and weight 1 change nothing."""
+    from types import SimpleNamespace
+
+    from coreseg.modeling.tokenizer import add_answer_tokens, build_tokenizer
+    from trainers.sft import pointing_weights
+
+    tokenizer = build_tokenizer(["The question points to the upper-right panel, a colonoscopy view."])
+    add_answer_tokens(tokenizer)
+    model = SimpleNamespace(reasoner=SimpleNamespace(tokenizer=tokenizer),
+                            encode_target=lambda answer: tokenizer.encode(answer + "<|im_end|>", add_special_tokens=False))
+    scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
+    rng = random.Random(1)
+    drawn = [(scan, scan.sample(rng, FRAME)) for _ in range(6)]
+    weights = pointing_weights(model, drawn, 10.0)
+    for (_, sample), row in zip(drawn, weights):
+        ids = model.encode_target(sample.answer)
+        assert len(row) == len(ids)
+        heavy = [i for i, w in zip(ids, row) if w == 10.0]
+        assert set(row.tolist()) == {1.0, 10.0}
+        assert tokenizer.decode(heavy).strip() == sample.pointing
+    from trainers.samples import Sample
+
+    plain = Sample("Outline the lesion.", render_answer("A lesion.", "lesion", [(1, 2, 30, 40)]), torch.zeros(1, 1, 256, 256))
+    assert set(pointing_weights(model, [(scan, plain)], 10.0)[0].tolist()) == {1.0}
+    assert pointing_weights(model, drawn, 1.0) is None

@@ -135,14 +135,16 @@ class CoreSeg(nn.Module):
 
     def forward(self, images: list, embeddings: torch.Tensor, questions: list[str], completions: list[list[int]],
                 target_masks: torch.Tensor, boxes: torch.Tensor | None = None, points=None,
-                mask_weight: float = 1.0, box_weight: float = 1.0) -> dict:
+                mask_weight: float = 1.0, box_weight: float = 1.0,
+                token_weights: list[torch.Tensor] | None = None) -> dict:
         """The SFT loss (a module's forward, so DDP under `accelerate launch` sees it): text
         cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256) + the probe box's loss
         against the target's tight box (with box tokens). Optional user-style
         `boxes`/`points` teach the decoder to combine the probe with refinement prompts. With the box pointer
-        its cell logits are also trained towards the target's share of each cell (`pointer_loss`)."""
+        its cell logits are also trained towards the target's share of each cell (`pointer_loss`). `token_weights`
+        (per completion and token) weigh the text loss."""
         logits, hidden, image = self.reasoner.forward_completions(images, embeddings, questions, completions)
-        lm = token_cross_entropy(logits, completions)
+        lm = token_cross_entropy(logits, completions, token_weights)
         masks = self.decode_masks(embeddings, hidden, completions, image=image, points=points, boxes=boxes)
         mask, box = self.probe_losses(masks, target_masks, image)
         return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(),

@@ -18,11 +18,17 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (dice + bce).mean()
 
 
-def token_cross_entropy(logits: list[torch.Tensor], completions: list[list[int]]) -> torch.Tensor:
-    """Mean next-token cross-entropy over every completion token of the batch."""
+def token_cross_entropy(logits: list[torch.Tensor], completions: list[list[int]],
+                        weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over every completion token of the batch; with `weights` (one per
+    completion and token) the weighted mean."""
     flat_logits = torch.cat(logits)
     targets = torch.tensor([t for c in completions for t in c], device=flat_logits.device)
-    return F.cross_entropy(flat_logits.float(), targets)
+    if weights is None:
+        return F.cross_entropy(flat_logits.float(), targets)
+    flat_weights = torch.cat(weights).to(flat_logits.device)
+    losses = F.cross_entropy(flat_logits.float(), targets, reduction="none")
+    return (losses * flat_weights).sum() / flat_weights.sum()
 
 
 def box_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
