@@ -187,3 +187,40 @@ def test_shipped_compact_model_loads_and_answers_in_format():
         assert candidate.parsed.ok, (example["file"], candidate.parsed.errors)
         assert candidate.parsed.answer.target == targets[example["modality"]], (example["file"], candidate.text)
         assert 0 < candidate.mask.sum() < 0.5 * candidate.mask.size, example["file"]
+
+
+def test_a_quadrant_is_one_token_and_an_older_vocabulary_grows_to_it(tmp_path):
+    """New tokenizers spell each composite quadrant ("upper-right") as one token, in questions and answers alike.
+    A reasoner over a tokenizer without them (an older checkpoint) grows its tied embeddings: each new row is the
+    mean of the rows the word was spelt in, every old row and every other text's ids are unchanged, and the grown
+    model saves and loads with the new vocabulary."""
+    from coreseg.modeling.tokenizer import PLACE_TOKENS, build_tokenizer
+
+    fresh = build_tokenizer()
+    for place in PLACE_TOKENS:
+        ids = fresh.encode(f"Outline the finding in the {place} panel.", add_special_tokens=False)
+        assert fresh.convert_tokens_to_ids(place) in ids
+        assert fresh.decode(ids) == f"Outline the finding in the {place} panel."
+
+    torch.manual_seed(0)
+    model = CoreSeg.build(ModelConfig(reasoner=SMALL_REASONER), tokenizer=build_tokenizer(words=[]))
+    reasoner = model.reasoner
+    text = "The lesion lies in the upper left part. The question points to the right panel."
+    before_ids = reasoner.tokenizer.encode(text, add_special_tokens=False)
+    spelt = reasoner.tokenizer.encode("lower-right", add_special_tokens=False)
+    assert len(spelt) > 1
+    rows = reasoner.lm.get_input_embeddings().weight.detach().clone()
+    ids = reasoner.grow_vocabulary(PLACE_TOKENS)
+    grown = reasoner.lm.get_input_embeddings().weight.detach()
+    assert grown.shape[0] == rows.shape[0] + 4 == len(reasoner.tokenizer)
+    assert torch.equal(grown[:rows.shape[0]], rows)
+    assert torch.allclose(grown[ids[3]], rows[spelt].mean(0))
+    assert reasoner.tokenizer.encode(text, add_special_tokens=False) == before_ids
+    assert ids[3] in reasoner.tokenizer.encode("the lower-right panel", add_special_tokens=False)
+    assert torch.equal(reasoner.lm.get_output_embeddings().weight, reasoner.lm.get_input_embeddings().weight)
+
+    path = save_checkpoint(model, tmp_path / "grown", "v-grown", trained=True)
+    loaded, _ = load_checkpoint(path, device="cpu")
+    assert len(loaded.reasoner.tokenizer) == len(reasoner.tokenizer)
+    assert loaded.reasoner.tokenizer.convert_tokens_to_ids("upper-left") == ids[0]
+    assert torch.allclose(loaded.reasoner.lm.get_input_embeddings().weight, grown.half().float(), atol=1e-3)
