@@ -33,7 +33,7 @@ from coreseg.datasets import DEV_EVERY, held_out
 from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice, mask_box
 from coreseg.modeling.core_seg import CoreSeg
-from coreseg.modeling.tokenizer import PLACE_TOKENS, build_tokenizer
+from coreseg.modeling.tokenizer import build_tokenizer
 from coreseg.precision import add_precision_argument, use_bf16
 from trainers.composites import CompositeCase, load_composite_cases
 from trainers.samples import Case, Sample, attach_embeddings, load_cases
@@ -156,8 +156,6 @@ def _full_checkpoint(path) -> bool:
 def build_model(args, cases: list[Case]) -> CoreSeg:
     if args.init:
         model, _ = load_checkpoint(args.init, device="cpu")
-        if args.place_tokens:
-            model.reasoner.grow_vocabulary(PLACE_TOKENS)
         return model.with_box_pointer() if args.box_pointer else model
     if args.profile == "full":
         from dataclasses import replace
@@ -188,8 +186,6 @@ def main(argv=None) -> None:
                         "+ the pointer's cross-entropy) against the text loss")
     parser.add_argument("--box-pointer", action="store_true", help="with --init: grow a checkpoint written before the "
                         "box pointer into it (new models always have it)")
-    parser.add_argument("--place-tokens", action="store_true", help="with --init (compact): make each composite "
-                        "quadrant (upper-left, …) one token, as new models have them")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="full profile: answer length cap "
                         "(default: the config's)")
     parser.add_argument("--epochs", type=int, default=4)

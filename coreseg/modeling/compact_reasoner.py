@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from coreseg.answer import ANSWER_CLOSE
 from coreseg.config import ReasonerConfig
-from coreseg.modeling.tokenizer import IM_END, IM_START, as_word_tokens
+from coreseg.modeling.tokenizer import IM_END, IM_START
 from coreseg.modeling.box_pointer import ImageStates
 from coreseg.modeling.drafting import DRAFT_LENGTH, NgramDrafter
 from coreseg.modeling.kv_decoder import KVDecoder
@@ -37,20 +37,6 @@ class CompactReasoner(nn.Module):
         self.image_proj = nn.Sequential(nn.LayerNorm(EMBEDDING_DIM), nn.Linear(EMBEDDING_DIM, cfg.hidden_size))
         self.image_pos = nn.Parameter(torch.randn(grid * grid, cfg.hidden_size) * 0.02)
         self.drafter = NgramDrafter()  # guesses for speculative sampling: what training taught it (checkpoint's drafts)
-
-    def grow_vocabulary(self, words: list[str]) -> list[int]:
-        """Make each of `words` one token of this reasoner's tokenizer (`as_word_tokens`) and grow the tied
-        embeddings to match, each new row the mean of the rows the word was spelt in before (a checkpoint trained
-        on the old spelling starts from what it knew). Returns the words' ids."""
-        spelt = {w: self.tokenizer.encode(w, add_special_tokens=False) for w in words
-                 if w not in self.tokenizer.get_vocab()}
-        ids = as_word_tokens(self.tokenizer, words)
-        self.lm.resize_token_embeddings(len(self.tokenizer))
-        weight = self.lm.get_input_embeddings().weight
-        with torch.no_grad():
-            for word, pieces in spelt.items():
-                weight[self.tokenizer.convert_tokens_to_ids(word)] = weight[pieces].mean(0)
-        return ids
 
     @property
     def hidden_size(self) -> int:

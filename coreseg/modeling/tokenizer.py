@@ -13,10 +13,6 @@ PAD, IM_START, IM_END, IMAGE_PAD = "<|pad|>", "<|im_start|>", "<|im_end|>", "<|i
 ANSWER_TOKENS = [THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, SEG_TOKEN]
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, IMAGE_PAD, *ANSWER_TOKENS]
 END_OF_TURN = IM_END  # ends every assistant turn (compact and Qwen chat formats): SFT targets end with it
-# a composite's quadrants (coreseg.composites.PLACES), one token each: spelt " upper", "-", "right", the reasoner
-# copied the first word from the question but never the second (the panel list repeats "upper-" with both
-# endings), so it wrote "upper-left" for "upper-right" in every case measured (compact-grpo19, -sft16)
-PLACE_TOKENS = ["upper-left", "upper-right", "lower-left", "lower-right"]
 
 BASE_CORPUS = [
     "Outline the suspicious breast mass. Segment the polyp. Where is the pigmented skin lesion?",
@@ -32,10 +28,8 @@ BASE_CORPUS = [
 ]
 
 
-def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 2048,
-                    words: list[str] = PLACE_TOKENS) -> PreTrainedTokenizerFast:
-    """Train a BPE on `corpus` (plus a small base corpus), wrap it for transformers and add `words` as single
-    tokens (the quadrants; [] builds the vocabulary models had before them)."""
+def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Train a BPE on `corpus` (plus a small base corpus) and wrap it for transformers."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -45,17 +39,7 @@ def build_tokenizer(corpus: list[str] | None = None, vocab_size: int = 2048,
     tok.train_from_iterator(list(BASE_CORPUS) + list(corpus or []), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=IM_END,
                                       additional_special_tokens=SPECIAL_TOKENS[3:])
-    as_word_tokens(wrapped, words)
     return wrapped
-
-
-def as_word_tokens(tokenizer, words: list[str]) -> list[int]:
-    """Make each of `words` one ordinary (not special) token of `tokenizer`, in place; their ids. Added ones are
-    appended after the vocabulary: a model over it must grow its embeddings (`CompactReasoner.grow_vocabulary`)."""
-    missing = [w for w in words if w not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens([AddedToken(w, special=False, normalized=False, single_word=False) for w in missing])
-    return [int(tokenizer.convert_tokens_to_ids(w)) for w in words]
 
 
 def add_answer_tokens(tokenizer) -> list[int]:
