@@ -33,7 +33,7 @@ from coreseg.datasets import DEV_EVERY, held_out
 from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import dice, mask_box
 from coreseg.modeling.core_seg import CoreSeg
-from coreseg.modeling.tokenizer import build_tokenizer
+from coreseg.modeling.tokenizer import END_OF_TURN, build_tokenizer
 from coreseg.precision import add_precision_argument, use_bf16
 from trainers.composites import CompositeCase, load_composite_cases
 from trainers.samples import Case, Sample, attach_embeddings, load_cases
@@ -79,9 +79,9 @@ PAIR_TRIES = 8  # draws to find a composite's second question that names other t
 
 def draw_samples(cases: list[Case], rng: random.Random, frame: int, paired: bool = False) -> list[tuple[Case, Sample]]:
     """A drawn question per case; with `paired`, a composite is drawn twice with questions that name different
-    tiles (a counterfactual pair: one image, two questions, two answers and masks), so that the loss can only fall
-    by reading the question (without pairs the reasoner never learned to read "left"/"right": it wrote the
-    panel its image prior chose whatever the question said)."""
+    tiles (a counterfactual pair: one image, two questions, two answers and masks), so that only the question tells
+    the two apart (without pairs and `pointing_weights` the reasoner never learned to read "left"/"right": it wrote
+    the panel its image prior chose whatever the question said)."""
     drawn = []
     for case in cases:
         first = case.sample(rng, frame)
@@ -108,8 +108,6 @@ def pointing_weights(model: CoreSeg, drawn: list[tuple[Case, Sample]], weight: f
     still barely depended on the question (P 0.51 vs 0.39), at 10 it followed it (0.98 vs 0.01)."""
     if weight == 1:
         return None
-    from coreseg.modeling.tokenizer import END_OF_TURN
-
     weights = []
     for _, sample in drawn:
         encoded = model.reasoner.tokenizer(sample.answer + END_OF_TURN, add_special_tokens=False,
