@@ -306,13 +306,13 @@ def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
     trained on; an answer without a pointing sentence and weight 1 change nothing."""
     from types import SimpleNamespace
 
-    from coreseg.modeling.tokenizer import add_answer_tokens, build_tokenizer
+    from coreseg.modeling.tokenizer import END_OF_TURN, add_answer_tokens, build_tokenizer
     from trainers.sft import pointing_weights
 
     tokenizer = build_tokenizer(["The question points to the upper-right panel, a colonoscopy view."])
     add_answer_tokens(tokenizer)
     model = SimpleNamespace(reasoner=SimpleNamespace(tokenizer=tokenizer),
-                            encode_target=lambda answer: tokenizer.encode(answer + "<|im_end|>", add_special_tokens=False))
+                            encode_target=lambda answer: tokenizer.encode(answer + END_OF_TURN, add_special_tokens=False))
     scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
     rng = random.Random(1)
     drawn = [(scan, scan.sample(rng, FRAME)) for _ in range(6)]
