@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coreseg.answer import parse_answer
-from coreseg.lesion_facts import describe_lesion, thumbnail
+from coreseg.lesion_facts import measure_mask, thumbnail
 from coreseg.mask_boxes import mask_boxes
 from coreseg.metrics import box_iou
 
@@ -285,8 +285,9 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
     (agrees when its IoU with the best-matching part box of the mask is ≥ 0.5), the panel of a composite the
     reasoning says the question points to (agrees when ≥ `PANEL_SHARE` of the mask lies in it), and what the
     reasoning says of location, size, shape and number of parts. Statements the text does not make are not
-    claims. An unparsable answer has no claims. Shape needs no image; `image` is accepted for margin
-    and echo checks to come and must match the mask's size when given.
+    claims. An unparsable answer has no claims. Every claim checked is measured on the mask alone
+    (`measure_mask`, on the thumbnail training measures on); `image` and `modality` are accepted for margin, echo and
+    colour checks to come, and `image` must match the mask's size when given.
     """
     mask = np.asarray(mask).astype(bool)
     if image is not None and np.asarray(image).shape[:2] != mask.shape:
@@ -307,8 +308,8 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
     if panel is not None:
         share = share_on(mask, panel_region(panel, mask.shape))
         out.append(Finding("panel", panel, f"{share:.0%} of the mask in it", share >= PANEL_SHARE))
-    small_image, small_mask = thumbnail(np.zeros(mask.shape, np.uint8) if image is None else image, mask)
-    facts = describe_lesion(small_image, small_mask, modality)  # measured as training measures: on a thumbnail
+    _, small_mask = thumbnail(None, mask)
+    facts = measure_mask(small_mask)  # measured as training measures: on a thumbnail
     said = read_statements(answer.reasoning)
     if said["location"] is not None:
         out.append(Finding("location", _location_words(said["location"]), facts.location,

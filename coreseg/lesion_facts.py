@@ -46,8 +46,9 @@ ECHO_OF = {"darker": "hypoechoic", "similar": "isoechoic", "lighter": "hyperecho
 
 
 @dataclass
-class LesionFacts:
-    """What the mask (and the image under it) shows, in numbers and in the vocabulary's words."""
+class MaskFacts:
+    """What the mask alone shows (no pixels needed): where, how large, what shape, how many parts. The facts an
+    answer's claims are checked on (`coreseg.findings`)."""
 
     height: int
     width: int
@@ -60,16 +61,22 @@ class LesionFacts:
     axis_ratio: float
     roughness: float
     shape: str                     # key of VOCAB["shape"]
+    orientation: str               # parallel | taller-than-wide
+    parts: int
+    boxes: list[tuple[int, int, int, int]]
+
+
+@dataclass
+class LesionFacts(MaskFacts):
+    """What the mask and the image under it show, in numbers and in the vocabulary's words."""
+
     margin_ratio: float            # near contrast / far contrast
     margin_contrast: float         # far contrast / image std
     margin: str                    # key of VOCAB["margin"]
     intensity_delta: float         # (inside − around) / image std
     intensity: str                 # darker | similar | lighter
-    colour: str | None             # RGB images: the lesion's colour name; None for grey images
+    colour: str | None             # RGB images: the lesion's median colour name; None for grey images
     colour_rgb: tuple[int, int, int] | None  # the lesion's median colour; None for grey images
-    orientation: str               # parallel | taller-than-wide
-    parts: int
-    boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     @property
     def echo(self) -> str:
@@ -181,35 +188,47 @@ def _mean(values: np.ndarray, where: np.ndarray) -> float | None:
     return float(values[where].mean()) if where.any() else None
 
 
+def measure_mask(mask: np.ndarray) -> MaskFacts:
+    """Location, size, shape, orientation and parts of a non-empty mask H×W (bool or 0/1/255)."""
+    mask = np.asarray(mask).astype(bool)
+    if mask.ndim == 3:
+        mask = mask.any(axis=2)
+    height, width = mask.shape
+    area = int(mask.sum())
+    if area == 0:
+        raise ValueError("the mask is empty: nothing to describe")
+    ys, xs = np.nonzero(mask)
+    cx, cy = (float(xs.mean()) + 0.5) / width, (float(ys.mean()) + 0.5) / height
+    row, col = min(int(cy * 3), 2), min(int(cx * 3), 2)
+    location = "central" if (row, col) == (1, 1) else f"{ROWS[row]} {COLUMNS[col]}"
+    fraction = area / float(height * width)
+    size = next(word for word, limit in SIZE_LIMITS if fraction < limit)
+    part_masks, boxes = lesion_parts(mask)
+    solidity, axis_ratio, roughness, shape = _shape(part_masks[0])
+    x1, y1, x2, y2 = boxes[0]
+    orientation = "parallel" if (x2 - x1) >= (y2 - y1) else "taller-than-wide"
+    return MaskFacts(
+        height=height, width=width, area=area, centroid=(round(cx, 4), round(cy, 4)), location=location,
+        size_fraction=round(fraction, 5), size=size, solidity=round(solidity, 4), axis_ratio=round(axis_ratio, 4),
+        roughness=round(roughness, 4), shape=shape, orientation=orientation, parts=len(boxes),
+        boxes=[tuple(int(v) for v in b) for b in boxes])
+
+
 def describe_lesion(image: np.ndarray, mask: np.ndarray, modality: str | None = None) -> LesionFacts:
-    """Measure a lesion: `image` H×W or H×W×3 (uint8), `mask` H×W (bool or 0/1/255).
+    """Measure a lesion: `image` H×W or H×W×3 (uint8), `mask` H×W (bool or 0/1/255): `measure_mask` plus
+    margin, intensity and colour from the pixels.
 
     `modality` only picks the colour words ("endoscopy": mucosa words; otherwise skin words).
     """
     mask = np.asarray(mask).astype(bool)
     if mask.ndim == 3:
         mask = mask.any(axis=2)
-    height, width = mask.shape
     if np.asarray(image).shape[:2] != mask.shape:
         raise ValueError(f"image {np.asarray(image).shape[:2]} and mask {mask.shape} differ in size")
-    area = int(mask.sum())
-    if area == 0:
-        raise ValueError("the mask is empty: nothing to describe")
+    shape_facts = measure_mask(mask)
+    area = shape_facts.area
     grey = _grey(image)
     std = float(grey.std()) + 1e-6
-
-    ys, xs = np.nonzero(mask)
-    cx, cy = (float(xs.mean()) + 0.5) / width, (float(ys.mean()) + 0.5) / height
-    row, col = min(int(cy * 3), 2), min(int(cx * 3), 2)
-    location = "central" if (row, col) == (1, 1) else f"{ROWS[row]} {COLUMNS[col]}"
-
-    fraction = area / float(height * width)
-    size = next(word for word, limit in SIZE_LIMITS if fraction < limit)
-
-    part_masks, boxes = lesion_parts(mask)
-    solidity, axis_ratio, roughness, shape = _shape(part_masks[0])
-    x1, y1, x2, y2 = boxes[0]
-    orientation = "parallel" if (x2 - x1) >= (y2 - y1) else "taller-than-wide"
 
     d = max(2.0, 0.04 * np.sqrt(4.0 * area / np.pi))
     inside, outside = _bands(mask)
@@ -239,23 +258,18 @@ def describe_lesion(image: np.ndarray, mask: np.ndarray, modality: str | None = 
         colour = colour_name(colour_rgb, modality)
 
     return LesionFacts(
-        height=height, width=width, area=area, centroid=(round(cx, 4), round(cy, 4)), location=location,
-        size_fraction=round(fraction, 5), size=size, solidity=round(solidity, 4), axis_ratio=round(axis_ratio, 4),
-        roughness=round(roughness, 4), shape=shape, margin_ratio=round(float(margin_ratio), 4),
-        margin_contrast=round(float(margin_contrast), 4), margin=margin, intensity_delta=round(float(delta), 4),
-        intensity=intensity, colour=colour, colour_rgb=colour_rgb, orientation=orientation, parts=len(boxes),
-        boxes=[tuple(int(v) for v in b) for b in boxes],
-    )
+        **vars(shape_facts), margin_ratio=round(float(margin_ratio), 4), margin_contrast=round(float(margin_contrast), 4),
+        margin=margin, intensity_delta=round(float(delta), 4), intensity=intensity, colour=colour,
+        colour_rgb=colour_rgb)
 
 
-
-def thumbnail(image: np.ndarray, mask: np.ndarray, side: int = THUMB) -> tuple[np.ndarray, np.ndarray]:
+def thumbnail(image: np.ndarray | None, mask: np.ndarray, side: int = THUMB) -> tuple[np.ndarray | None, np.ndarray]:
     """An aspect-preserving copy of image and mask with longest side `side` (unchanged when smaller):
-    where lesions are measured, for training texts and for checking answers alike."""
-    scale = side / max(image.shape[:2])
+    where lesions are measured, for training texts and for checking answers alike (`image` None: the mask only)."""
+    scale = side / max(mask.shape[:2])
     if scale >= 1:
         return image, mask
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+    small = None if image is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     small_mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
     return small, small_mask
