@@ -20,7 +20,8 @@ for that split) and asks each several questions (each tile by place, a kind show
 of two, and a kind no tile shows): referring accuracy (≥ 80 % of the mask on the named tiles), absent
 accuracy (an empty mask), mDice against the named tiles; the constant-probe baseline on the same
 questions; and the counterfactual: Dice between the masks of two questions about different tiles of one
-image (near 0 when the mask follows the question, near 1 when it ignores it). `--candidates K` samples K
+image (near 0 when the mask follows the question, near 1 when it ignores it); and the same on the text: another
+tile's answer forced under a place question, does the mask follow the reasoning or the question? `--candidates K` samples K
 answers (T = 0.7) per composite and reports their mean pairwise mask Dice. Empty-target rule:
 `coreseg.metrics`.
 """
@@ -42,7 +43,7 @@ from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, development_items, load_folder, load_split, read_image, read_mask
 from coreseg.embedding_cache import pixel_key
 from coreseg.findings import (PANEL_SHARE, VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
-                              read_panel, share_on, unsupported_claims)
+                              panel_region, read_panel, share_on, unsupported_claims)
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion, thumbnail
 from coreseg.mask_boxes import mask_boxes
@@ -286,7 +287,7 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
         scan.tile_masks = np.stack(full_masks)  # score against the full-size masks
         embedding = _cached_embedding(predictor, canvas, path)
         rng = random.Random(plan.key)
-        masks_by_tile = {}
+        masks_by_tile, answers_by_tile = {}, {}
         base = _probe_decode(predictor, embedding, probe, scan.size) if probe is not None else None
         for kind, q, named in composite_questions(scan, rng):
             candidate = predictor.predict(canvas, q, n_candidates=1, temperature=0.0)[0]
@@ -299,6 +300,7 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
             records.append(row)
             if kind == "place":
                 masks_by_tile[named[0]] = candidate.mask
+                answers_by_tile[named[0]] = (q, candidate)
             if base is not None:
                 records.append({"composite": plan.key, "question": q, "named": named, "method": "constant_probe",
                                 **_question_row(kind, base, target, region)})
@@ -308,6 +310,7 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
         for a, b in itertools.combinations(sorted(masks_by_tile), 2):
             records.append({"composite": plan.key, "method": "counterfactual", "pair": [a, b],
                             "dice_between": dice(masks_by_tile[a], masks_by_tile[b])})
+        records += text_swap_on_composite(predictor, canvas, scan, plan.key, answers_by_tile)
         if candidates > 1:
             q = composite_questions(scan, rng)[0][1]
             group = predictor.predict(canvas, q, n_candidates=candidates, temperature=0.7, seed=1)
@@ -315,6 +318,25 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
             records.append({"composite": plan.key, "method": "candidates", "pairwise_dice": float(np.mean(pairs)),
                             "texts_differ": len({c.text for c in group})})
     return records, examples
+
+
+def text_swap_on_composite(predictor: CoreSegPredictor, canvas: np.ndarray, scan: CompositeScan, key: str,
+                           answers_by_tile: dict[int, tuple]) -> list[dict]:
+    """The counterfactual on the text: for two tiles a < b asked by place, tile b's answer forced under tile a's
+    question. Does the mask follow the reasoning (≥ `PANEL_SHARE` of it on the panel that text names) or stay
+    with the question (on tile a)? Pairs whose forced text names no panel, or tile a's, are left out."""
+    rows = []
+    for a, b in itertools.combinations(sorted(answers_by_tile), 2):
+        question, _ = answers_by_tile[a]
+        _, other = answers_by_tile[b]
+        panel = read_panel(other.text)
+        if panel is None or panel == scan.tiles[a]["place"]:
+            continue
+        mask = predictor.score_completions(canvas, question, [other.token_ids])[0].mask
+        rows.append({"composite": key, "method": "composite_text_swap", "pair": [a, b],
+                     "follows_text": bool(mask.any()) and share_on(mask, panel_region(panel, mask.shape)) >= PANEL_SHARE,
+                     "stays_with_question": bool(mask.any()) and share_on(mask, _named_region(scan, [a])) >= PANEL_SHARE})
+    return rows
 
 
 # ------------------------------------------------------------------------------------------ summaries
@@ -374,6 +396,10 @@ def summarise_composites(rows: list[dict]) -> dict:
     if between:
         out["counterfactual"] = {"pairs": len(between), "dice_between_questions": float(np.mean(between)),
                                  "share_mask_moved": float(np.mean([d < 0.5 for d in between]))}
+    swaps = [r for r in rows if r["method"] == "composite_text_swap"]
+    if swaps:
+        out["text_swap"] = {"pairs": len(swaps), "follows_text": _mean(r["follows_text"] for r in swaps),
+                            "stays_with_question": _mean(r["stays_with_question"] for r in swaps)}
     pairwise = [r["pairwise_dice"] for r in rows if r["method"] == "candidates"]
     if pairwise:
         out["candidates"] = {"composites": len(pairwise), "pairwise_mask_dice": float(np.mean(pairwise))}
@@ -418,6 +444,11 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"\nCounterfactual: Dice between the masks of two questions about different tiles of one image "
                          f"{c['dice_between_questions']:.3f} over {c['pairs']} pairs; mask moved (Dice < 0.5) in "
                          f"{100 * c['share_mask_moved']:.0f} %.")
+        if "text_swap" in comp:
+            t = comp["text_swap"]
+            lines.append(f"Text swap on composites (another tile's answer forced under a place question): the mask "
+                         f"follows the forced reasoning's panel in {100 * t['follows_text']:.0f} %, stays on the "
+                         f"question's tile in {100 * t['stays_with_question']:.0f} % of {t['pairs']} pairs.")
         if "candidates" in comp:
             lines.append(f"Candidates: mean pairwise mask Dice {comp['candidates']['pairwise_mask_dice']:.3f} "
                          f"over {comp['candidates']['composites']} composites.")

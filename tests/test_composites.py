@@ -300,6 +300,37 @@ def test_paired_draws_give_a_composite_two_questions_naming_different_tiles():
         assert [case for case, _ in draw_samples([scan, single], rng, FRAME)] == [scan, single]
 
 
+def test_text_swaps_put_one_answer_under_the_other_question_with_its_mask_and_no_text_loss():
+    """SFT's text swaps: a pair's second answer forced under the first question, the target the second answer's
+    (the mask must follow the reasoning where it and the question disagree), and its text weighted 0 (the reasoner is
+    not taught to answer the question with the other tile)."""
+    from types import SimpleNamespace
+
+    from coreseg.modeling.tokenizer import END_OF_TURN, add_answer_tokens, build_tokenizer
+    from trainers.sft import draw_samples, pointing_weights
+
+    scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
+    tokenizer = build_tokenizer(["The question points to the upper-right panel, a colonoscopy view."])
+    add_answer_tokens(tokenizer)
+    model = SimpleNamespace(reasoner=SimpleNamespace(tokenizer=tokenizer))
+    rng, swapped = random.Random(2), 0
+    for _ in range(30):
+        drawn = draw_samples([scan], rng, FRAME, paired=True, swaps=True)
+        samples = [sample for _, sample in drawn]
+        assert [s.text_weight for s in samples[:2]] == [1.0, 1.0]
+        if len(samples) == 3:
+            first, second, swap = samples
+            swapped += 1
+            assert swap.question == first.question and swap.answer == second.answer
+            assert torch.equal(swap.target, second.target) and not torch.equal(swap.target, first.target)
+            weights = pointing_weights(model, drawn, 10.0)
+            assert float(weights[2].abs().sum()) == 0 and float(weights[0].min()) == 1.0
+            assert pointing_weights(model, drawn, 1.0) is not None  # the swap's zeros are weights too
+        else:
+            assert not (samples[0].pointing and samples[1].pointing)
+    assert swapped >= 10
+
+
 def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
     """The text-loss weights SFT gives a composite answer: `weight` on exactly the tokens that spell the sentence
     picking the panel (decoded back, they are that sentence), 1 on every other token of the target the model is
@@ -328,3 +359,35 @@ def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
     plain = Sample("Outline the lesion.", render_answer("A lesion.", "lesion", [(1, 2, 30, 40)]), torch.zeros(1, 1, 256, 256))
     assert set(pointing_weights(model, [(scan, plain)], 10.0)[0].tolist()) == {1.0}
     assert pointing_weights(model, drawn, 1.0) is None
+
+
+def test_the_eval_text_swap_tells_a_mask_that_follows_the_reasoning_from_one_that_follows_the_question():
+    """`coreseg.eval`'s text swap on composites: another tile's answer forced under a place question. A decoder
+    that draws where the reasoning points scores "follows the text" on every pair, one that draws where the
+    question points scores "stays with the question" on every pair: the measure tells the two apart."""
+    from types import SimpleNamespace
+
+    from coreseg.eval import _named_region, text_swap_on_composite
+
+    scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2])
+    places = [t["place"] for t in scan.tiles]
+    answers = {i: (f"Segment the lesion in the {place} part of the image.",
+                   SimpleNamespace(text=f"<think>The question points to the {place} panel.</think>"
+                                        f"<answer>The lesion <seg></answer>", token_ids=[i]))
+               for i, place in enumerate(places)}
+
+    class Decoder:
+        def __init__(self, follows_text: bool):
+            self.follows_text = follows_text
+
+        def score_completions(self, canvas, question, completions):
+            asked = next(i for i, place in enumerate(places) if f"the {place} part" in question)
+            drawn = completions[0][0] if self.follows_text else asked
+            return [SimpleNamespace(mask=_named_region(scan, [drawn]))]
+
+    canvas = np.zeros((*scan.size, 3), np.uint8)
+    follower = text_swap_on_composite(Decoder(True), canvas, scan, scan.key, answers)
+    stayer = text_swap_on_composite(Decoder(False), canvas, scan, scan.key, answers)
+    assert len(follower) == len(stayer) == 3  # every pair of the three tiles
+    assert all(r["follows_text"] and not r["stays_with_question"] for r in follower)
+    assert all(r["stays_with_question"] and not r["follows_text"] for r in stayer)

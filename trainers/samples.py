@@ -36,6 +36,7 @@ class Sample:
     boxes: list = field(default_factory=list)        # box frame
     targets: list[int] = field(default_factory=list)  # composites: which tiles the question names
     pointing: str | None = None        # composites: the sentence that picks the target (the pointing reward's)
+    text_weight: float = 1.0           # 0: the answer is forced, not taught (a text swap: only the mask learns)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,11 +78,14 @@ def prompt_mix(targets: list[torch.Tensor], rng: random.Random, image_size: int,
 PAIR_TRIES = 8  # draws to find a composite's second question that names other tiles
 
 
-def draw_samples(cases: list[Case], rng: random.Random, frame: int, paired: bool = False) -> list[tuple[Case, Sample]]:
+def draw_samples(cases: list[Case], rng: random.Random, frame: int, paired: bool = False,
+                 swaps: bool = False) -> list[tuple[Case, Sample]]:
     """A drawn question per case; with `paired`, a composite is drawn twice with questions that name different
     tiles (a counterfactual pair: one image, two questions, two answers and masks), so that only the question tells
     the two apart (without pairs and `pointing_weights` the reasoner never learned to read "left"/"right": it wrote
-    the panel its image prior chose whatever the question said)."""
+    the panel its image prior chose whatever the question said). With `swaps` (and `paired`), a third draw puts
+    the second answer under the first question, text not taught (`text_weight` 0), target the second answer's:
+    where question and reasoning disagree, the mask is taught to follow the reasoning."""
     drawn = []
     for case in cases:
         first = case.sample(rng, frame)
@@ -91,6 +95,8 @@ def draw_samples(cases: list[Case], rng: random.Random, frame: int, paired: bool
             second = next((s for s in other if s.targets != first.targets), None)
             if second is not None:
                 drawn.append((case, second))
+                if swaps and first.pointing and second.pointing:
+                    drawn.append((case, replace(second, question=first.question, text_weight=0.0)))
     return drawn
 
 
@@ -103,10 +109,11 @@ def encode_batch(model: CoreSeg, drawn: list[tuple[Case, Sample]]):
 
 def pointing_weights(model: CoreSeg, drawn: list[tuple[Case, Sample]], weight: float) -> list[torch.Tensor] | None:
     """Per-token text-loss weights: `weight` on the tokens of a composite's pointing sentence (the one that picks
-    the panel, which the mask then follows), 1 elsewhere; None when `weight` is 1. Measured (150 steps of
-    counterfactual pairs from compact-grpo19): at weight 1 the reasoner's "left"/"right" after "points to the"
-    still barely depended on the question (P 0.51 vs 0.39), at 10 it followed it (0.98 vs 0.01)."""
-    if weight == 1:
+    the panel, which the mask then follows), 1 elsewhere, all times the sample's `text_weight` (0 for a text swap);
+    None when every weight would be 1. Measured (150 steps of counterfactual pairs from compact-grpo19): at weight 1
+    the reasoner's "left"/"right" after "points to the" still barely depended on the question (P 0.51 vs 0.39), at
+    10 it followed it (0.98 vs 0.01)."""
+    if weight == 1 and all(sample.text_weight == 1 for _, sample in drawn):
         return None
     weights = []
     for _, sample in drawn:
@@ -119,7 +126,7 @@ def pointing_weights(model: CoreSeg, drawn: list[tuple[Case, Sample]], weight: f
             for k, (a, b) in enumerate(encoded["offset_mapping"]):
                 if a < end and b > start:
                     row[k] = weight
-        weights.append(row)
+        weights.append(row * sample.text_weight)
     return weights
 
 
@@ -204,6 +211,8 @@ def main(argv=None) -> None:
     parser.add_argument("--composite-repeats", type=int, default=2, help="draws of each composite per epoch")
     parser.add_argument("--paired-questions", action="store_true", help="draw each composite of a batch twice, with "
                         "questions naming different tiles (counterfactual pairs)")
+    parser.add_argument("--text-swaps", action="store_true", help="with --paired-questions: also each pair's second "
+                        "answer under the first question, the mask taught to follow it (the text not taught)")
     parser.add_argument("--pointing-weight", type=float, default=1.0, help="text-loss weight of a composite's "
                         "pointing sentence (the panel the question names)")
     parser.add_argument("--seed", type=int, default=0)
@@ -211,6 +220,8 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--version", default=None, help="model version name (default: sft-<date>)")
     args = parser.parse_args(argv)
+    if args.text_swaps and not args.paired_questions:
+        parser.error("--text-swaps swaps the answers of --paired-questions' pairs: give both")
 
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -290,7 +301,8 @@ def main(argv=None) -> None:
         bar = tqdm(range(0, len(order), args.batch_size), desc=f"sft epoch {epoch + 1}/{args.epochs}",
                    disable=not accelerator.is_main_process)
         for i in bar:
-            drawn = draw_samples(order[i:i + args.batch_size], rng, core.config.box_frame, args.paired_questions)
+            drawn = draw_samples(order[i:i + args.batch_size], rng, core.config.box_frame, args.paired_questions,
+                                 args.text_swaps)
             batch = [case for case, _ in drawn]
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step) * group["scale"]
