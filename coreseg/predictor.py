@@ -256,10 +256,11 @@ def enforce_clicks(mask: np.ndarray, clicks, radius_fraction: float = 0.02) -> n
     mask = mask.copy()
     height, width = mask.shape
     radius = max(2, int(round(radius_fraction * max(height, width))))
-    yy, xx = np.ogrid[:height, :width]
     for x, y, label in clicks:
         cx, cy = int(round(min(max(x, 0), width - 1))), int(round(min(max(y, 0), height - 1)))
         if bool(mask[cy, cx]) != bool(label):
-            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-            mask[disc] = bool(label)
+            y0, x0 = max(cy - radius, 0), max(cx - radius, 0)  # the disc's window, not the whole image
+            yy, xx = np.ogrid[y0:min(cy + radius + 1, height), x0:min(cx + radius + 1, width)]
+            window = mask[y0:y0 + yy.shape[0], x0:x0 + xx.shape[1]]
+            window[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = bool(label)
     return mask

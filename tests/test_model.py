@@ -76,6 +76,21 @@ def test_refine_clicks_grow_and_shrink_the_mask(compact):
     assert shrunk.mask.sum() < boxed.mask.sum()
 
 
+def test_a_click_paints_its_disc_even_at_the_border():
+    """`enforce_clicks`: a click the mask disagrees with adds (or cuts) exactly the disc of radius 2 % of the
+    longer side around it, clipped at the image's edge; a click the mask already agrees with changes nothing."""
+    from coreseg.predictor import enforce_clicks
+
+    mask = np.zeros((120, 300), bool)
+    mask[40:80, 100:200] = True
+    yy, xx = np.mgrid[:120, :300]
+    for x, y, label in [(0, 0, 1), (299, 119, 1), (150, 60, 0), (5, 60, 1), (150, 1, 1)]:
+        out = enforce_clicks(mask, [(x, y, label)])
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= 6 ** 2
+        assert np.array_equal(out, (mask | disc) if label else (mask & ~disc)), (x, y, label)
+    assert np.array_equal(enforce_clicks(mask, [(150, 60, 1), (10, 10, 0)]), mask)
+
+
 def test_answer_boxes_are_converted_at_the_model_boundary(compact):
     size = (200, 260)
     text = render_answer("A dark oval region.", "breast mass", [(80, 55, 180, 125)])
