@@ -1,8 +1,9 @@
 """Measuring a lesion: what a mask (and the image under it) shows, in numbers and in words.
 
 Used to write training reasoning (`trainers.reasoning`) and to check any answer's claims against a mask
-(`coreseg.findings`): one measurement for writer and checker. Parts and boxes come from the one
-mask → boxes rule, `coreseg.mask_boxes`.
+(`coreseg.findings`): one measurement for writer and checker. `measure_mask` reads the mask alone (location,
+size, shape, orientation, parts: what answers are checked on); `describe_lesion` adds margin, intensity and colour
+from the pixels under it. Parts and boxes come from the one mask → boxes rule, `coreseg.mask_boxes`.
 
 Measurements and thresholds (all on the mask at its original size):
 
