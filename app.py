@@ -50,6 +50,7 @@ def offline_env(environ=os.environ) -> dict[str, str]:
 for _key, _value in offline_env().items():  # set before gradio (or huggingface_hub) is imported anywhere
     os.environ.setdefault(_key, _value)
 
+from coreseg.allocator import keep_freed_memory  # noqa: E402
 from coreseg.config import AppConfig  # noqa: E402
 
 log = logging.getLogger("coreseg.studio")
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     config = AppConfig.from_env()
+    keep_freed_memory()  # a click's decoder pass without fresh pages (coreseg.allocator)
     try:
         demo = build_app(config)
     except ValueError as exc:  # a bad users file or database URL

@@ -365,6 +365,9 @@ def main(argv=None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OV_TELEMETRY_DISABLE", "1")
     torch.set_num_threads(args.threads)
+    from coreseg.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the app does
     unknown = set(args.backends.split(",")) - set(BACKENDS)
     if unknown:
         parser.error(f"unknown backends {sorted(unknown)}; choose from {', '.join(BACKENDS)}")

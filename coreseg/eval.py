@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coreseg.allocator import keep_freed_memory
 from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_composite, plan_composites
 from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, development_items, load_folder, load_split, read_image, read_mask
@@ -534,6 +535,7 @@ def main(argv=None) -> None:
         parser.error("--split dev scores the held-out single scans; composites: --split val (runs before "
                      "2026-12-07 held out different composites in SFT and GRPO)")
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     from coreseg.config import DEFAULT_CHECKPOINT
 
     predictor = CoreSegPredictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, args.device)

@@ -60,12 +60,14 @@ def main(argv=None) -> int:
 
     import torch
 
+    from coreseg.allocator import keep_freed_memory
     from coreseg.config import DEFAULT_CHECKPOINT
     from coreseg.overlay import COLOURS, draw_overlay
     from coreseg.predictor import CoreSegPredictor
     from coreseg.scan_io import ScanError, read_scan
 
     torch.set_num_threads(min(4, os.cpu_count() or 1))
+    keep_freed_memory()
     try:
         scan = read_scan(args.image, frame=args.frame, slice_index=args.slice, axis=args.axis, window=args.window)
     except ScanError as e:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coreseg.allocator import keep_freed_memory
 from coreseg.config import SegmenterConfig
 from coreseg.lesion_facts import thumbnail
 from coreseg.datasets import LabelledImage, interleave, load_split, read_image, read_mask
@@ -62,6 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--encoder-backend", default="auto", help="auto | eager | onnxruntime | openvino")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     segmenter = Segmenter(SegmenterConfig()).eval()
     print(f"encoder backend: {segmenter.use_encoder_backend(args.encoder_backend, args.threads)}")
     for split in args.splits.split(","):

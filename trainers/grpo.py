@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from coreseg.allocator import keep_freed_memory
 from coreseg.checkpoint import load_checkpoint, save_checkpoint
 from coreseg.datasets import DEV_EVERY, held_out
 from coreseg.precision import add_precision_argument
@@ -122,6 +123,7 @@ def main(argv=None) -> None:
     parser.add_argument("--version", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     torch.manual_seed(args.seed)
     if args.db:
         from trainers.feedback import run_rounds

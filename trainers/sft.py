@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coreseg.allocator import keep_freed_memory
 from coreseg.checkpoint import load_checkpoint, read_info, save_checkpoint
 from coreseg.config import ModelConfig, ReasonerConfig
 from coreseg.datasets import DEV_EVERY, held_out
@@ -226,6 +227,7 @@ def main(argv=None) -> None:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     # the decoder's IoU head (and, per batch, the prompt paths) get no gradient from this loss
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     bf16 = use_bf16(args.precision, accelerator.device)
