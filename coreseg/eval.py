@@ -21,8 +21,8 @@ of two, and a kind no tile shows): referring accuracy (≥ 80 % of the mask on t
 accuracy (an empty mask), mDice against the named tiles; the constant-probe baseline on the same
 questions; and the counterfactual: Dice between the masks of two questions about different tiles of one
 image (near 0 when the mask follows the question, near 1 when it ignores it); and the same on the text: another
-tile's answer forced under a place question, does the mask follow the reasoning or the question? `--candidates K` samples K
-answers (T = 0.7) per composite and reports their mean pairwise mask Dice. Empty-target rule:
+tile's answer forced under a place question, does the mask follow the reasoning or the question? `--candidates K`
+samples K answers (T = 0.7) per composite and reports their mean pairwise mask Dice. Empty-target rule:
 `coreseg.metrics`.
 """
 from __future__ import annotations
