@@ -91,7 +91,7 @@ def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch
             learned.learn(completion)
     assert len(learned) > 100
     with torch.no_grad():
-        sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(3))
+        sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(1))
         _, hidden, states = reasoner.forward_completions([image] * 3, embedding.expand(3, -1, -1, -1),
                                                          [question] * 3, sampled.ids)
     for kept, forced, ids in zip(sampled.hidden, hidden, sampled.ids):
@@ -99,7 +99,7 @@ def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch
         assert torch.allclose(kept, forced[:kept.shape[0]], atol=1e-4)
     assert torch.allclose(sampled.image[0].states, states[0].states, atol=1e-4)
     assert (sampled.image[0].rows, sampled.image[0].cols) == (states[0].rows, states[0].cols)
-    drawn = predictor.predict(image, question, 3, temperature=0.9, seed=3)
+    drawn = predictor.predict(image, question, 3, temperature=0.9, seed=1)
     forced_masks = predictor.score_completions(image, question, sampled.ids)
     assert [c.text for c in drawn] == [c.text for c in forced_masks]
     assert any(c.mask.any() for c in drawn)
