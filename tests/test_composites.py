@@ -307,7 +307,7 @@ def test_text_swaps_put_one_answer_under_the_other_question_with_its_mask_and_no
     from types import SimpleNamespace
 
     from coreseg.modeling.tokenizer import END_OF_TURN, add_answer_tokens, build_tokenizer
-    from trainers.sft import draw_samples, pointing_weights
+    from trainers.sft import draw_samples, token_weights
 
     scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
     tokenizer = build_tokenizer(["The question points to the upper-right panel, a colonoscopy view."])
@@ -323,9 +323,9 @@ def test_text_swaps_put_one_answer_under_the_other_question_with_its_mask_and_no
             swapped += 1
             assert swap.question == first.question and swap.answer == second.answer
             assert torch.equal(swap.target, second.target) and not torch.equal(swap.target, first.target)
-            weights = pointing_weights(model, drawn, 10.0)
+            weights = token_weights(model, drawn, 10.0)
             assert float(weights[2].abs().sum()) == 0 and float(weights[0].min()) == 1.0
-            assert pointing_weights(model, drawn, 1.0) is not None  # the swap's zeros are weights too
+            assert token_weights(model, drawn, 1.0) is not None  # the swap's zeros are weights too
         else:
             assert not (samples[0].pointing and samples[1].pointing)
     assert swapped >= 10
@@ -338,7 +338,7 @@ def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
     from types import SimpleNamespace
 
     from coreseg.modeling.tokenizer import END_OF_TURN, add_answer_tokens, build_tokenizer
-    from trainers.sft import pointing_weights
+    from trainers.sft import token_weights
 
     tokenizer = build_tokenizer(["The question points to the upper-right panel, a colonoscopy view."])
     add_answer_tokens(tokenizer)
@@ -347,7 +347,7 @@ def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
     scan = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
     rng = random.Random(1)
     drawn = [(scan, scan.sample(rng, FRAME)) for _ in range(6)]
-    weights = pointing_weights(model, drawn, 10.0)
+    weights = token_weights(model, drawn, 10.0)
     for (_, sample), row in zip(drawn, weights):
         ids = model.encode_target(sample.answer)
         assert len(row) == len(ids)
@@ -357,8 +357,8 @@ def test_pointing_weights_fall_on_the_pointing_sentence_tokens_only():
     from trainers.samples import Sample
 
     plain = Sample("Outline the lesion.", render_answer("A lesion.", "lesion", [(1, 2, 30, 40)]), torch.zeros(1, 1, 256, 256))
-    assert set(pointing_weights(model, [(scan, plain)], 10.0)[0].tolist()) == {1.0}
-    assert pointing_weights(model, drawn, 1.0) is None
+    assert set(token_weights(model, [(scan, plain)], 10.0)[0].tolist()) == {1.0}
+    assert token_weights(model, drawn, 1.0) is None
 
 
 def test_the_eval_text_swap_tells_a_mask_that_follows_the_reasoning_from_one_that_follows_the_question():

@@ -83,7 +83,7 @@ def draw_samples(cases: list[Case], rng: random.Random, frame: int, paired: bool
                  swaps: bool = False) -> list[tuple[Case, Sample]]:
     """A drawn question per case; with `paired`, a composite is drawn twice with questions that name different
     tiles (a counterfactual pair: one image, two questions, two answers and masks), so that only the question tells
-    the two apart (without pairs and `pointing_weights` the reasoner never learned to read "left"/"right": it wrote
+    the two apart (without pairs and `token_weights` the reasoner never learned to read "left"/"right": it wrote
     the panel its image prior chose whatever the question said). With `swaps` (and `paired`), a third draw puts
     the second answer under the first question, text not taught (`text_weight` 0), target the second answer's:
     where question and reasoning disagree, the mask is taught to follow the reasoning."""
@@ -108,9 +108,10 @@ def encode_batch(model: CoreSeg, drawn: list[tuple[Case, Sample]]):
     return questions, completions, torch.cat([sample.target for _, sample in drawn])
 
 
-def pointing_weights(model: CoreSeg, drawn: list[tuple[Case, Sample]], weight: float) -> list[torch.Tensor] | None:
-    """Per-token text-loss weights: `weight` on the tokens of a composite's pointing sentence (the one that picks
-    the panel, which the mask then follows), 1 elsewhere, all times the sample's `text_weight` (0 for a text swap);
+def token_weights(model: CoreSeg, drawn: list[tuple[Case, Sample]], weight: float) -> list[torch.Tensor] | None:
+    """Per-token text-loss weights (the pointing weight and the text swaps' zeros in one place): `weight` on the
+    tokens of a composite's pointing sentence (the one that picks the panel, which the mask then follows), 1
+    elsewhere, all times the sample's `text_weight` (0 for a text swap);
     None when every weight would be 1. Measured (150 steps of counterfactual pairs from compact-grpo19): at weight 1
     the reasoner's "left"/"right" after "points to the" still barely depended on the question (P 0.51 vs 0.39), at
     10 it followed it (0.98 vs 0.01)."""
@@ -309,7 +310,7 @@ def main(argv=None) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step) * group["scale"]
             questions, completions, targets = encode_batch(core, drawn)
-            weights = pointing_weights(core, drawn, args.pointing_weight)
+            weights = token_weights(core, drawn, args.pointing_weight)
             if hasattr(core.reasoner, "drafter"):  # its sampling's first guesses: the phrasing it is taught
                 for completion in completions:
                     core.reasoner.drafter.learn(completion)
