@@ -68,6 +68,7 @@ class ModelConfig:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     box_frame: int = 256                  # the model writes boxes in a box_frame × box_frame squashed frame
+    box_writer: bool = False              # the answer's box coordinates written by a pointer (box_writer.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

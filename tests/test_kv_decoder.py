@@ -91,7 +91,8 @@ def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch
             learned.learn(completion)
     assert len(learned) > 100
     with torch.no_grad():
-        sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(1))
+        sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(1),
+                                  writer=predictor.model.box_writing)  # as the predictor samples
         _, hidden, states = reasoner.forward_completions([image] * 3, embedding.expand(3, -1, -1, -1),
                                                          [question] * 3, sampled.ids)
     for kept, forced, ids in zip(sampled.hidden, hidden, sampled.ids):
@@ -136,14 +137,16 @@ def test_rows_of_different_lengths_match_the_transformers_forward():
             assert torch.allclose(states[row], out.hidden_states[-1][0, -3:], atol=1e-5), row
 
 
-def _sample(lm, rows, drafter, temperature, top_p=1.0, seed=0, max_new=6):
+def _sample(lm, rows, drafter, temperature, top_p=1.0, seed=0, max_new=6, writer=None):
+    """(ids, logps, states) — and the written-token flags when a `writer` is given."""
     from coreseg.modeling.sampling import sample_tokens
 
     prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(123))
     decoder = KVDecoder(lm, rows, 4 + max_new + DRAFT_LENGTH)
     with torch.no_grad():
-        return sample_tokens(decoder, decoder.prefill(prompt), [0], max_new, temperature, top_p,
-                             torch.Generator().manual_seed(seed), drafter)
+        out = sample_tokens(decoder, decoder.prefill(prompt), [0], max_new, temperature, top_p,
+                            torch.Generator().manual_seed(seed), drafter, writer=writer)
+    return out if writer is not None else out[:3]
 
 
 def test_guessed_tokens_leave_greedy_answers_log_probabilities_and_states_unchanged():
@@ -200,3 +203,71 @@ def test_the_nucleus_from_the_most_likely_tokens_is_the_fully_sorted_one():
             sorted_p, order = probs.sort(dim=-1, descending=True)
             expected = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, sorted_p.cumsum(-1) - sorted_p < top_p)
             assert torch.equal(nucleus_mask(probs, top_p), expected), (scale, top_p)
+
+
+class _EveryThirdOpens:
+    """A box writer's hook for a bare LM: a token divisible by 3 (not the stop token 0) opens a "box"; the writer
+    writes 11 tokens there (more than one pass of guesses holds), from the state at the bracket, and one of
+    `closers` must follow them."""
+
+    WRITTEN = [41, 42, 43, 44, 45, 46, 47, 48, 49, 40, 41]
+    closers = frozenset({1, 2, 4})
+
+    def __init__(self):
+        self.states = []
+
+    def opens_box(self, ids):
+        return bool(ids) and ids[-1] % 3 == 0 and ids[-1] != 0
+
+    def cut(self, ids, guesses):
+        from coreseg.modeling.box_writer import BoxWriting
+
+        return BoxWriting.cut(self, ids, guesses)
+
+    def write(self, state):
+        self.states.append(state)
+        return list(self.WRITTEN)
+
+
+@pytest.mark.parametrize("guessing", [False, True])
+def test_written_boxes_are_fed_and_the_model_goes_on_after_them(guessing):
+    """Where a row's token opens a box, the writer's tokens follow it (flagged as written), and every other token is
+    the greedy argmax of the transformers forward of the whole sequence, written tokens included (they were fed
+    through the KV cache as if the model had written them), the token after them the most likely closer. Their log-probabilities are the model's own, and the
+    writer read the state at the bracket."""
+    lm = tiny_lm(50, seed=1)
+    drafter = None
+    if guessing:  # guesses that run past brackets: none may be accepted past one
+        drafter = NgramDrafter(order=2)
+        drafter.learn(_sample(lm, 1, None, 0.0, max_new=40)[0][0])
+    writer = _EveryThirdOpens()
+    ids, logps, _, forced = _sample(lm, 2, drafter, 0.0, max_new=40, writer=writer)
+    prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(123))
+    written = 0
+    for row, flags, row_logps in zip(ids, forced, logps):
+        assert len(flags) == len(row) == len(row_logps)
+        with torch.no_grad():
+            out = lm(inputs_embeds=torch.cat([prompt, lm.model.embed_tokens(torch.tensor(row))])[None],
+                     output_hidden_states=True)
+        logits = out.logits[0, prompt.shape[0] - 1:-1]
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(row)[:, None]).squeeze(-1)
+        k = 0
+        while k < len(row):
+            if flags[k]:
+                assert writer.opens_box(row[:k]), k
+                n = min(len(_EveryThirdOpens.WRITTEN), len(row) - k)
+                assert row[k:k + n] == _EveryThirdOpens.WRITTEN[:n] and all(flags[k:k + n])
+                assert any(torch.allclose(s, out.hidden_states[-1][0, prompt.shape[0] + k - 1], atol=1e-4)
+                           for s in writer.states)
+                written += 1
+                k += n
+                if k < len(row):  # the closing token: the most likely closer
+                    closers = sorted(_EveryThirdOpens.closers)
+                    assert row[k] == closers[int(logits[k, closers].argmax())], k
+                    k += 1
+            else:
+                assert not writer.opens_box(row[:k]) or k == 0, k
+                assert row[k] == int(logits[k].argmax()), k
+                k += 1
+        assert np.allclose(row_logps, expected.numpy(), atol=1e-4)
+    assert written >= 2

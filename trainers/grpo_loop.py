@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from coreseg.answer import ANSWER_OPEN
 from coreseg.checkpoint import save_checkpoint
 from coreseg.metrics import dice
+from coreseg.modeling.box_writer import closer_ids, opener_ids, written_tokens
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.losses import token_cross_entropy
 from coreseg.modeling.sampling import sampling_logprobs
@@ -78,14 +80,30 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
                  generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
     """The group's completions and their log-probabilities; a compact reasoner's drafter learns the policy's
     phrasing from them (its checkpoint then samples as fast as the policy writes)."""
-    reasoner = predictor.model.reasoner
+    model = predictor.model
+    reasoner = model.reasoner
     with torch.no_grad():
-        ids, logps = reasoner.generate(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
-                                       generator)
+        if model.box_writer is not None:  # the boxes written as the app writes them
+            sampled = reasoner.sample(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
+                                      generator, writer=model.box_writing)
+            ids, logps = sampled.ids, sampled.logps
+        else:
+            ids, logps = reasoner.generate(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
+                                           generator)
     if hasattr(reasoner, "drafter"):
         for completion in ids:
             reasoner.drafter.learn(completion)
     return ids, logps
+
+
+def _chosen_tokens(model: CoreSeg):
+    """completion → the positions of the tokens the policy chose: all but those the box writer wrote."""
+    if model.box_writer is None:
+        return lambda ids: list(range(len(ids)))
+    tokenizer = model.reasoner.tokenizer
+    openers, closers = opener_ids(tokenizer), closer_ids(tokenizer)
+    answer_open = tokenizer.convert_tokens_to_ids(ANSWER_OPEN)
+    return lambda ids: [k for k, w in enumerate(written_tokens(ids, openers, closers, answer_open)) if not w]
 
 
 def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -187,23 +205,26 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     advantage_rows, keep_mask, frac_zero_std = _advantages(all_rewards, cfg.scale_rewards,
                                                            cfg.min_reward_spread * reward_range(cfg.weights))
     tokens = 0
+    chosen = _chosen_tokens(model)
     for (logits, ref_logits, g), adv_row, keep in zip(per_group, advantage_rows, keep_mask):
         if not keep:
             continue
         for i, ids in enumerate(g.completions):
             temperature, top_p = g.sampling_of(i, cfg)
-            new = _token_logps(logits[i], ids, temperature, top_p)
-            old = torch.tensor(g.old_logps[i][:len(ids)], device=new.device, dtype=new.dtype)
+            at = chosen(ids)  # the positions of the tokens the policy chose (not the box writer's)
+            picked = [ids[k] for k in at]
+            new = _token_logps(logits[i][at], picked, temperature, top_p)
+            old = torch.tensor([g.old_logps[i][k] for k in at], device=new.device, dtype=new.dtype)
             ratio = torch.exp(new - old)
             adv = float(adv_row[i])
             pg = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - cfg.clip_low, 1 + cfg.clip_high) * adv)
             if ref_logits is not None:
-                ref = _token_logps(ref_logits[i], ids, temperature, top_p)
+                ref = _token_logps(ref_logits[i][at], picked, temperature, top_p)
                 kl = torch.exp(ref - new) - (ref - new) - 1  # k3, "low_var_kl"
                 kl_terms.append(kl.detach().sum())
                 pg = pg + cfg.beta * kl
             pg_terms.append(pg.sum())
-            tokens += len(ids)
+            tokens += len(at)
     all_tokens, all_masks, world = (world_counts([tokens, len(mask_losses)]) if world_counts
                                     else (tokens, len(mask_losses), 1))
     policy = torch.stack(pg_terms).sum() * world / all_tokens if pg_terms else torch.zeros((), device=device)

@@ -320,7 +320,8 @@ def main(argv=None) -> None:
                                questions, completions, targets.to(accelerator.device),
                                boxes=None if boxes is None else boxes.to(accelerator.device),
                                points=None if points is None else tuple(p.to(accelerator.device) for p in points),
-                               box_weight=args.box_weight, token_weights=weights)
+                               box_weight=args.box_weight, token_weights=weights,
+                               answer_boxes=[sample.boxes for _, sample in drawn])
             accelerator.backward(result["loss"])
             accelerator.clip_grad_norm_(core.trainable_parameters(), 1.0)
             optimizer.step()

@@ -87,14 +87,18 @@ class CompactReasoner(nn.Module):
 
     @torch.no_grad()
     def sample(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
-               top_p: float, generator: torch.Generator) -> Sampled:
-        """Sample `n` completions as one batch, keeping the states the adapter and the box pointer read."""
+               top_p: float, generator: torch.Generator, writer=None) -> Sampled:
+        """Sample `n` completions as one batch, keeping the states the adapter and the box pointer read.
+        `writer`: (image states, embedding) → the box writer's sampling hook (`CoreSeg.box_writing`), or None (boxes
+        spelt by the reasoner)."""
         prompt = self._prompt_embeds(embedding, [question])[0]
         decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens + DRAFT_LENGTH)
-        ids, logps, states = sample_tokens(decoder, decoder.prefill(prompt), self.stop_ids, self.cfg.max_new_tokens,
-                                           temperature, top_p, generator, self.drafter)
+        first_logits = decoder.prefill(prompt)
         first, grid = self._image_offset(), self.cfg.image_grid
         image_states = ImageStates(decoder.prompt_states[first:first + grid * grid], grid, grid)
+        hook = None if writer is None else writer(image_states, embedding)
+        ids, logps, states, _ = sample_tokens(decoder, first_logits, self.stop_ids, self.cfg.max_new_tokens,
+                                              temperature, top_p, generator, self.drafter, writer=hook)
         return Sampled(ids, logps, states, [image_states] * n)
 
     def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,

@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from coreseg.answer import SEG_TOKEN
+from coreseg.answer import ANSWER_OPEN, SEG_TOKEN
 from coreseg.config import ModelConfig
 from coreseg.geometry import LOW_RES
 from coreseg.metrics import mask_box
+from coreseg.modeling.box_pointer import BoxPointer, ImageStates
+from coreseg.modeling.box_writer import BoxWriting, box_openings, opener_ids
 from coreseg.modeling.losses import box_loss, dice_ce_loss, pointer_loss, token_cross_entropy
 from coreseg.modeling.prompt_adapter import SemanticPromptAdapter
 from coreseg.modeling.segmenter import Segmenter
@@ -30,6 +32,7 @@ class CoreSeg(nn.Module):
         self.reasoner = reasoner
         self.segmenter = segmenter
         self.adapter = SemanticPromptAdapter(reasoner.hidden_size, config.adapter)
+        self.box_writer = BoxPointer(reasoner.hidden_size, config.adapter.hidden_dim) if config.box_writer else None
         self.seg_ids = reasoner.tokenizer.encode(SEG_TOKEN, add_special_tokens=False)
         if len(self.seg_ids) != 1:
             raise ValueError(f"{SEG_TOKEN} is {len(self.seg_ids)} tokens of the reasoner's tokenizer, not one: "
@@ -65,6 +68,67 @@ class CoreSeg(nn.Module):
         kept = {k: v for k, v in self.trainable_state_dict().items() if not k.startswith("adapter.box_head.")}
         grown.load_state_dict(kept, strict=False)
         return grown.to(next(self.parameters()).device)
+
+    def with_box_writer(self) -> "CoreSeg":
+        """This model with a box writer (a fresh one started from the `<seg>` box pointer's weights, which already
+        point at findings; every other weight kept): `trainers.box_writer`'s start."""
+        from dataclasses import replace
+
+        if self.box_writer is not None:
+            return self
+        grown = CoreSeg.build(replace(self.config, box_writer=True), tokenizer=self.reasoner.tokenizer)
+        grown.load_state_dict(self.trainable_state_dict(), strict=False)
+        if hasattr(self.reasoner, "drafter"):  # the sampling guesses learned so far
+            grown.reasoner.drafter = self.reasoner.drafter
+        if self.adapter.pointer is not None:
+            grown.box_writer.load_state_dict(self.adapter.pointer.state_dict())
+        return grown.to(next(self.parameters()).device)
+
+    def box_writing(self, image: ImageStates, embedding: torch.Tensor) -> BoxWriting | None:
+        """The sampling hook that writes answer boxes for one image (its reasoner states and its embedding,
+        1 × 256 × 64 × 64; None without a box writer)."""
+        if self.box_writer is None:
+            return None
+        side = self.segmenter.image_side(embedding)
+        return BoxWriting(self.box_writer, self.reasoner.tokenizer, image, self.config.box_frame,
+                          refine=lambda box: self.refined_box(embedding, box, side))
+
+    @torch.no_grad()
+    def refined_box(self, embedding: torch.Tensor, box: torch.Tensor, image_side=None) -> torch.Tensor:
+        """A normalised box (4) given to the segmenter as a box prompt alone → the normalised box of the mask it
+        draws there (the box itself where that mask is empty)."""
+        logits, _ = self.segmenter.decode(embedding, boxes=box[None].float() * self.segmenter.image_size,
+                                          image_side=image_side)
+        drawn = mask_box((logits[0, 0] > 0).cpu().numpy())
+        if drawn is None:
+            return box
+        return torch.tensor(drawn, dtype=torch.float32) / logits.shape[-1]
+
+    def box_writer_loss(self, hidden: list[torch.Tensor], completions: list[list[int]], image: list[ImageStates],
+                        boxes: list[list], target_masks: torch.Tensor) -> torch.Tensor:
+        """The box writer's loss on teacher-forced completions: the state at the k-th opening bracket of each
+        completion's answer towards the k-th box written there (`boxes`, per completion, box frame): the box's
+        DETR loss plus the pointer's cross-entropy towards the share of the target inside that box in each cell."""
+        openers = opener_ids(self.reasoner.tokenizer)
+        answer_open = self.reasoner.tokenizer.convert_tokens_to_ids(ANSWER_OPEN)
+        frame, size = self.config.box_frame, target_masks.shape[-1]
+        states, images, goals, shares = [], [], [], []
+        for i, completion in enumerate(completions):
+            for at, box in zip(box_openings(completion, openers, answer_open), boxes[i]):
+                x1, y1, x2, y2 = (round(v * size / frame) for v in box)
+                inside = torch.zeros_like(target_masks[i])
+                inside[..., y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)] = 1
+                share = target_masks[i].float() * inside
+                states.append(hidden[i][at])
+                images.append(image[i])
+                goals.append(torch.tensor(box, dtype=torch.float32) / frame)
+                shares.append(share if share.sum() > 0 else inside)  # the box itself where the mask misses it
+        if not states:
+            return hidden[0].new_zeros(()).float()
+        pred, logits = self.box_writer(torch.stack(states), images)
+        grids = [(im.rows, im.cols) for im in images]
+        return (box_loss(pred.float(), torch.stack(goals).to(pred.device))
+                + pointer_loss(logits, torch.stack(shares).to(pred.device), grids))
 
     def encode_target(self, answer: str) -> list[int]:
         """An SFT target: the answer's tokens followed by the end-of-turn token, so that stopping is trained."""
@@ -136,17 +200,20 @@ class CoreSeg(nn.Module):
     def forward(self, images: list, embeddings: torch.Tensor, questions: list[str], completions: list[list[int]],
                 target_masks: torch.Tensor, boxes: torch.Tensor | None = None, points=None,
                 mask_weight: float = 1.0, box_weight: float = 1.0,
-                token_weights: list[torch.Tensor] | None = None) -> dict:
+                token_weights: list[torch.Tensor] | None = None, answer_boxes: list[list] | None = None) -> dict:
         """The SFT loss (a module's forward, so DDP under `accelerate launch` sees it): text
         cross-entropy + DiceCE of the probe's mask (targets B × 1 × 256 × 256) + the probe box's loss
         against the target's tight box (with box tokens). Optional user-style
         `boxes`/`points` teach the decoder to combine the probe with refinement prompts. With the box pointer
         its cell logits are also trained towards the target's share of each cell (`pointer_loss`). `token_weights`
-        (per completion and token) weigh the text loss."""
+        (per completion and token) weigh the text loss. With a box writer and `answer_boxes` (per completion, the
+        boxes its text writes, box frame) the writer's loss joins the box term."""
         logits, hidden, image = self.reasoner.forward_completions(images, embeddings, questions, completions)
         lm = token_cross_entropy(logits, completions, token_weights)
         masks = self.decode_masks(embeddings, hidden, completions, image=image, points=points, boxes=boxes)
         mask, box = self.probe_losses(masks, target_masks, image)
+        if self.box_writer is not None and answer_boxes is not None:
+            box = box + self.box_writer_loss(hidden, completions, image, answer_boxes, target_masks)
         return {"loss": lm + mask_weight * mask + box_weight * box, "lm": lm.detach(), "mask": mask.detach(),
                 "box": box.detach(), "mask_logits": masks["logits"]}
 

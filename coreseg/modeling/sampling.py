@@ -77,7 +77,8 @@ def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
 
 
 def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_new_tokens: int, temperature: float,
-                  top_p: float, generator: torch.Generator, drafter=None, draft_length: int = DRAFT_LENGTH):
+                  top_p: float, generator: torch.Generator, drafter=None, draft_length: int = DRAFT_LENGTH,
+                  writer=None):
     """Sample from `first_logits` (rows × V, after `decoder.prefill`) on, until every row wrote a stop token or
     `max_new_tokens`. Returns token ids, their log-probabilities under the sampling distribution, and each row's
     last-layer states at the tokens it fed (T_i × H: all but, at times, the final token). The decoder holds the
@@ -88,7 +89,15 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     guess: a guess g is accepted with probability p(g); at the first refusal the token is drawn from p without g,
     renormalised; after all were accepted one more is drawn from p. Each emitted token is then distributed as p
     given the tokens before it, so the samples follow the same distribution as without guesses (greedy: the same
-    tokens); only the number of passes changes. `temperature == 0` is greedy."""
+    tokens); only the number of passes changes. `temperature == 0` is greedy.
+
+    With a `writer` (`coreseg.modeling.box_writer.BoxWriting`), where a row's kept tokens end with a box's opening
+    bracket the writer's coordinate tokens (from the state at that bracket) replace what the model would draw: they
+    are fed as sure guesses (all accepted, at most `draft_length` a pass) and after the last one the model draws the
+    token that closes the box (drawn from the tempered softmax renormalised over `writer.closers`; its
+    log-probability is the unrestricted tempered softmax's, finite for GRPO's ratio).
+    Their log-probabilities are the model's own (softmax of the logits): a written token need not lie in the
+    sampling nucleus. Returns also, per row and token, whether the writer wrote it."""
     rows = first_logits.shape[0]
     device = first_logits.device
     greedy = temperature <= 0
@@ -96,11 +105,26 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     token, logp = draw(first_logits.float(), temperature, top_p, generator)
     ids = [[t] for t in token.tolist()]
     logps = [[p] for p in logp.tolist()]
+    forced = [[False] for _ in range(rows)]
+    queue: list[list[int]] = [[] for _ in range(rows)]  # the writer's tokens not yet emitted
     states: list[list[torch.Tensor]] = [[] for _ in range(rows)]
     done = [t in stop or max_new_tokens <= 1 for t in token.tolist()]
     while not all(done):
-        drafts = [[] if done[r] or drafter is None else
-                  drafter.draft(ids[r], min(draft_length, max_new_tokens - len(ids[r]) - 1)) for r in range(rows)]
+        drafts = []
+        for r in range(rows):
+            room = min(draft_length, max_new_tokens - len(ids[r]) - 1)
+            if done[r] or room <= 0:
+                drafts.append([])
+            elif queue[r]:
+                drafts.append(queue[r][:room])
+            elif writer is not None and writer.opens_box(ids[r]):
+                drafts.append([])   # the box is written from this bracket's state, computed in this pass
+            elif drafter is not None:
+                guesses = drafter.draft(ids[r], room)
+                drafts.append(guesses if writer is None else writer.cut(ids[r], guesses))
+            else:
+                drafts.append([])
+        sure = [bool(queue[r]) for r in range(rows)]
         width = max(len(d) for d in drafts)
         fed = torch.tensor([[ids[r][-1]] + drafts[r] + [ids[r][-1]] * (width - len(drafts[r])) for r in range(rows)],
                            device=device)
@@ -117,16 +141,31 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
             else:
                 ok = torch.rand(rows, width, generator=generator).to(device) < guess_logps.exp()
             accepted = (ok & real).long().cumprod(1).sum(1)
+            for r in range(rows):
+                if sure[r]:
+                    accepted[r] = len(drafts[r])
         at = log_probs[torch.arange(rows, device=device), accepted]   # where the next token is drawn: rows × V
+        closing = [r for r in range(rows) if sure[r] and len(queue[r]) <= len(drafts[r])]
+        if closing:  # after the writer's last coordinate the model closes the box: "]]." or "], [" for another
+            step = logits[closing, accepted[closing]].float()
+            step = step / temperature if temperature > 0 else step
+            allowed = torch.zeros(step.shape[-1], dtype=torch.bool, device=device)
+            allowed[list(writer.closers)] = True
+            at = at.clone()
+            at[closing] = torch.log_softmax(step.masked_fill(~allowed, float("-inf")), dim=-1)
         if greedy:
-            token = logits[torch.arange(rows, device=device), accepted].argmax(-1)
+            token = at.argmax(-1)
         else:
             probs = at.exp()
             refused = [r for r in range(rows) if accepted[r] < len(drafts[r])]
             if refused:  # at a refused guess the token is drawn from p without it
                 probs[refused, fed[refused, 1 + accepted[refused]]] = 0
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device).squeeze(1)
-        token_logp = at.gather(-1, token[:, None]).squeeze(-1)
+        token_logp = log_probs[torch.arange(rows, device=device), accepted].gather(-1, token[:, None]).squeeze(-1)
+        if closing:  # a closer's: the tempered softmax's, unrestricted and finite (it may lie outside the nucleus)
+            step = logits[closing, accepted[closing]].float()
+            step = torch.log_softmax(step / temperature if temperature > 0 else step, dim=-1)
+            token_logp[closing] = step.gather(-1, token[closing, None]).squeeze(-1)
         keep = torch.zeros(rows, dtype=torch.long)
         for r in range(rows):
             if done[r]:
@@ -134,14 +173,26 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
             a = int(accepted[r])
             new = drafts[r][:a] + [int(token[r])]
             new_logps = (guess_logps[r, :a].tolist() if a else []) + [float(token_logp[r])]
+            new_forced = [sure[r]] * a + [False]
+            if sure[r]:
+                queue[r] = queue[r][a:]
+                plain = torch.log_softmax(logits[r, :a].float(), dim=-1)
+                new_logps[:a] = plain.gather(-1, fed[r, 1:1 + a, None]).squeeze(-1).tolist()
+            elif writer is not None and writer.opens_box(ids[r] + drafts[r][:a]):
+                queue[r] = writer.write(hidden[r, a])
+            if queue[r]:  # the writer's next token instead of the drawn one
+                new[-1] = queue[r].pop(0)
+                new_logps[-1] = float(torch.log_softmax(logits[r, a].float(), dim=-1)[new[-1]])
+                new_forced[-1] = True
             cut = next((j + 1 for j, t in enumerate(new) if t in stop), len(new))
             cut = min(cut, max_new_tokens - len(ids[r]))
             ids[r] += new[:cut]
             logps[r] += new_logps[:cut]
+            forced[r] += new_forced[:cut]
             states[r].append(hidden[r, :1 + min(a, cut - 1)])
             keep[r] = 1 + a
             done[r] = cut < len(new) or new[cut - 1] in stop or len(ids[r]) >= max_new_tokens
         decoder.advance(keep)
     hidden_size = decoder.lm.config.hidden_size
     kept = [torch.cat(s) if s else first_logits.new_zeros(0, hidden_size) for s in states]
-    return ids, logps, kept
+    return ids, logps, kept, forced

@@ -1,0 +1,139 @@
+"""The box writer (coreseg/modeling/box_writer.py): answer boxes written by a pointer at each opening bracket."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from coreseg.answer import parse_answer, render_answer
+from coreseg.config import ModelConfig, SegmenterConfig
+from coreseg.mask_boxes import mask_boxes
+from coreseg.metrics import box_iou
+from coreseg.modeling.box_writer import box_openings, coordinate_text, opener_ids
+from coreseg.modeling.core_seg import CoreSeg
+from coreseg.modeling.tokenizer import build_tokenizer
+from coreseg.predictor import CoreSegPredictor
+from test_probe import SIZE, TINY_REASONER, scene
+from tiny_models import TINY_VIT
+
+
+def test_written_coordinates_are_the_tokens_the_answer_spells():
+    """The writer's tokens are what the tokenizer makes of the same answer written whole, and the one parser reads
+    the box back; the openings are the brackets of the answer only."""
+    tokenizer = build_tokenizer()
+    boxes = [(12, 34, 156, 178), (0, 7, 256, 90)]
+    text = "<think>A [bracket] in the reasoning.</think><answer>" + render_answer("", "lesions", boxes).split(
+        "<answer>")[1]
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    at = box_openings(ids, opener_ids(tokenizer), tokenizer.convert_tokens_to_ids("<answer>"))
+    assert len(at) == 2
+    for k, box in zip(at, boxes):
+        written = tokenizer.encode(coordinate_text(torch.tensor(box) / 256, 256), add_special_tokens=False)
+        assert ids[k + 1:k + 1 + len(written)] == written
+    assert parse_answer(tokenizer.decode(ids), (256, 256)).answer.boxes == tuple(boxes)
+    # normalised boxes are rounded, ordered, kept inside the frame and at least one pixel wide
+    assert coordinate_text(torch.tensor([0.5, 1.2, 0.5, -0.1]), 256) == "128, 0, 129, 256"
+
+
+def _two_blob_model() -> tuple[CoreSeg, np.ndarray, list[int], list, torch.Tensor]:
+    torch.manual_seed(0)
+    config = ModelConfig(reasoner=TINY_REASONER, box_writer=True,
+                         segmenter=SegmenterConfig(kind="sam", image_size=256, vit=TINY_VIT, pixel_scale="imagenet"))
+    model = CoreSeg.build(config, pretrained_segmenter=False).eval()
+    image, blobs = scene()
+    frame = model.config.box_frame
+    boxes = [tuple(int(round(v * frame / SIZE)) for v in mask_boxes(blob)[0]) for blob in blobs]
+    completion = model.encode_target(render_answer("Two dark oval regions.", "lesions", boxes))
+    from coreseg.geometry import mask_to_low_res
+
+    return model, image, completion, boxes, mask_to_low_res(blobs[0] | blobs[1])
+
+
+def test_the_writer_learns_the_box_of_each_bracket():
+    """Trained alone on one teacher-forced answer with two boxes (the reasoner frozen), the writer puts each
+    bracket's box on its own blob: the second bracket's state, which has read the first box, points elsewhere."""
+    model, image, completion, boxes, target = _two_blob_model()
+    embedding = model.segmenter.encode(image)
+    optimizer = torch.optim.AdamW(model.box_writer.parameters(), lr=3e-3)
+    with torch.no_grad():
+        _, hidden, states = model.reasoner.forward_completions([image], embedding, ["Outline the lesions."],
+                                                               [completion])
+    for _ in range(150):
+        model.box_writer_loss(hidden, [completion], states, [boxes], target).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    at = box_openings(completion, opener_ids(model.reasoner.tokenizer),
+                      model.reasoner.tokenizer.convert_tokens_to_ids("<answer>"))
+    written, _ = model.box_writer(torch.stack([hidden[0][k] for k in at]), states * 2)
+    ious = [box_iou(tuple(box.tolist()), truth) for box, truth in zip(written.detach() * 256, boxes)]
+    print(ious)
+    assert min(ious) > 0.6
+
+
+def test_the_predictor_writes_the_pointer_boxes(tmp_path):
+    """Sampling through the predictor (the shipped model grown by an untrained writer, saved and loaded as a
+    checkpoint): each box of each candidate is the writer's box for the state at its bracket, recomputed by a teacher-forced
+    pass over the candidate's own tokens, and the `<seg>` mask is the one drawn from those tokens."""
+    from coreseg.checkpoint import load_checkpoint, save_checkpoint
+    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.geometry import Frames
+    from coreseg.metrics import dice
+    torch.set_num_threads(1)
+    shipped, _ = load_checkpoint(DEFAULT_CHECKPOINT, device="cpu")
+    torch.manual_seed(0)  # the shipped model has no `<seg>` pointer to start the writer from: a random writer
+    save_checkpoint(shipped.with_box_writer(), tmp_path / "writer", "writer-test")
+    assert (tmp_path / "writer" / "drafts.json").exists()  # grown with its sampling guesses
+    predictor = CoreSegPredictor.from_checkpoint(tmp_path / "writer", "cpu")
+    model = predictor.model
+    assert model.box_writer is not None
+    image = np.zeros((96, 80, 3), dtype=np.uint8)
+    image[30:60, 20:50] = 180
+    question = "Outline the lesion."
+    candidates = predictor.predict(image, question, n_candidates=4, temperature=0.9, seed=1)
+    embedding = predictor.embedding(image)
+    tokenizer = model.reasoner.tokenizer
+    openers, answer_open = opener_ids(tokenizer), tokenizer.convert_tokens_to_ids("<answer>")
+    checked = parsed = 0
+    for candidate in candidates:
+        ids = candidate.token_ids
+        with torch.no_grad():
+            _, hidden, states = model.reasoner.forward_completions([image], embedding, [question], [ids])
+        writing = model.box_writing(states[0], embedding)
+        at = box_openings(ids, openers, answer_open)
+        written_boxes = []
+        for k in at:
+            written = writing.write(hidden[0][k])
+            assert ids[k + 1:k + 1 + len(written)] == written
+            assert ids[k + 1 + len(written)] in writing.closers  # no digit appended to the last coordinate
+            written_boxes.append([int(v) for v in tokenizer.decode(written).split(",")])
+            checked += 1
+        answer = parse_answer(candidate.text, image.shape[:2]).answer
+        if answer is not None and answer.boxes:  # the text shows them in the scan's pixels
+            assert list(answer.boxes) == Frames(image.shape[:2]).boxes(written_boxes, "box", "image")
+            parsed += 1
+        forced = predictor.score_completions(image, question, [ids])[0]
+        assert candidate.mask.any() == forced.mask.any()
+        assert not candidate.mask.any() or dice(candidate.mask, forced.mask) > 0.99
+    assert checked >= 3 and parsed >= 1
+    # the writer's box is refined as MedSAM is used: a loose box around the bright square as a box prompt comes
+    # back as the box of the mask drawn in it, tighter on the square
+    truth = torch.tensor([[20 / 80, 30 / 96, 50 / 80, 60 / 96]])
+    loose = torch.tensor([10 / 80, 18 / 96, 62 / 80, 74 / 96])
+    refined = model.refined_box(embedding, loose)
+    from torchvision.ops import box_iou as iou
+
+    assert float(iou(refined[None], truth)) > max(0.7, float(iou(loose[None], truth)) + 0.3)
+
+
+def test_grpo_leaves_the_written_coordinates_out_of_the_policy_loss():
+    """With a box writer, the tokens GRPO's policy loss counts are all but the coordinates between each opening
+    bracket and the bracket that closes it; without one, all."""
+    from trainers.grpo_loop import _chosen_tokens
+
+    model, _, completion, boxes, _ = _two_blob_model()
+    tokenizer = model.reasoner.tokenizer
+    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model)(completion)]
+    left_out = [tokenizer.decode([t]) for k, t in enumerate(completion) if k not in _chosen_tokens(model)(completion)]
+    assert "".join(left_out).replace(" ", "") == "".join(f"{x1},{y1},{x2},{y2}" for x1, y1, x2, y2 in boxes)
+    assert "<seg>" in chosen and " [[" in chosen and "]]." in chosen and "<answer>" in chosen
+    model.box_writer = None
+    assert _chosen_tokens(model)(completion) == list(range(len(completion)))
