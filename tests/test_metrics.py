@@ -146,3 +146,51 @@ def test_mask_wasserstein_sees_position_and_size():
     assert mask_wasserstein(lesion, np.zeros(big, bool)) == float("inf")
     with pytest.raises(ValueError):
         mask_wasserstein(lesion, np.zeros((3, 3), bool))
+
+
+def test_mask_box_is_the_tight_box_of_the_nonzero_pixels():
+    """OpenCV's bounding rectangle gives what `np.nonzero` gives: on random masks, single pixels at the corners,
+    integer masks, strided views and empty masks."""
+    def by_nonzero(mask):
+        rows, cols = np.nonzero(mask)
+        return None if rows.size == 0 else (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((37, 53)) < p for p in (0.0, 0.001, 0.01, 0.3)]
+    for y, x in ((0, 0), (36, 52), (0, 52), (36, 0)):
+        one = np.zeros((37, 53), bool)
+        one[y, x] = True
+        masks.append(one)
+    masks += [(rng.random((40, 30)) < 0.02).astype(np.uint8) * 255, (rng.random((60, 80)) < 0.01)[::2, ::3]]
+    for mask in masks:
+        assert mask_box(mask) == by_nonzero(mask)
+
+
+def test_mask_parts_and_boxes_match_opencvs_component_statistics():
+    """`coreseg.mask_boxes` (labels on the mask's crop, areas by counting) finds the parts OpenCV's labelling with
+    statistics finds on the whole mask: same boxes, largest first, specks under the floor dropped, the largest kept
+    always; each part mask is its component."""
+    import cv2
+
+    from coreseg.mask_boxes import MIN_PART_FRACTION, MIN_PART_PIXELS, lesion_parts, mask_boxes
+
+    rng = np.random.default_rng(1)
+    masks = [np.zeros((50, 70), bool), rng.random((120, 90)) < 0.002]
+    for _ in range(6):
+        mask = np.zeros((200, 260), bool)
+        for _ in range(rng.integers(1, 6)):
+            y, x, r = rng.integers(0, 200), rng.integers(0, 260), rng.integers(1, 30)
+            yy, xx = np.ogrid[:200, :260]
+            mask |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        masks.append(mask)
+    for mask in masks:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        order = list(np.argsort(-areas, kind="stable"))
+        floor = max(MIN_PART_PIXELS, MIN_PART_FRACTION * mask.size)
+        keep = [i for i in order if areas[i] >= floor] or order[:1]
+        expected = [(int(stats[i + 1, 0]), int(stats[i + 1, 1]), int(stats[i + 1, 0] + stats[i + 1, 2]),
+                     int(stats[i + 1, 1] + stats[i + 1, 3])) for i in keep]
+        assert mask_boxes(mask) == expected
+        parts, boxes = lesion_parts(mask)
+        assert boxes == expected and all((part == (labels == i + 1)).all() for part, i in zip(parts, keep))
