@@ -8,7 +8,7 @@ from coreseg.answer import parse_answer, render_answer
 from coreseg.config import ModelConfig, SegmenterConfig
 from coreseg.mask_boxes import mask_boxes
 from coreseg.metrics import box_iou
-from coreseg.modeling.box_writer import box_openings, coordinate_text, opener_ids
+from coreseg.modeling.box_writer import Brackets, coordinate_text
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
 from coreseg.predictor import CoreSegPredictor
@@ -24,7 +24,7 @@ def test_written_coordinates_are_the_tokens_the_answer_spells():
     text = "<think>A [bracket] in the reasoning.</think><answer>" + render_answer("", "lesions", boxes).split(
         "<answer>")[1]
     ids = tokenizer.encode(text, add_special_tokens=False)
-    at = box_openings(ids, opener_ids(tokenizer), tokenizer.convert_tokens_to_ids("<answer>"))
+    at = Brackets.of(tokenizer).openings(ids)
     assert len(at) == 2
     for k, box in zip(at, boxes):
         written = tokenizer.encode(coordinate_text(torch.tensor(box) / 256, 256), add_special_tokens=False)
@@ -61,8 +61,7 @@ def test_the_writer_learns_the_box_of_each_bracket():
         model.box_writer_loss(hidden, [completion], states, [boxes], target).backward()
         optimizer.step()
         optimizer.zero_grad()
-    at = box_openings(completion, opener_ids(model.reasoner.tokenizer),
-                      model.reasoner.tokenizer.convert_tokens_to_ids("<answer>"))
+    at = model.brackets.openings(completion)
     written, _ = model.box_writer(torch.stack([hidden[0][k] for k in at]), states * 2)
     ious = [box_iou(tuple(box.tolist()), truth) for box, truth in zip(written.detach() * 256, boxes)]
     print(ious)
@@ -91,14 +90,13 @@ def test_the_predictor_writes_the_pointer_boxes(tmp_path):
     candidates = predictor.predict(image, question, n_candidates=4, temperature=0.9, seed=1)
     embedding = predictor.embedding(image)
     tokenizer = model.reasoner.tokenizer
-    openers, answer_open = opener_ids(tokenizer), tokenizer.convert_tokens_to_ids("<answer>")
     checked = parsed = 0
     for candidate in candidates:
         ids = candidate.token_ids
         with torch.no_grad():
             _, hidden, states = model.reasoner.forward_completions([image], embedding, [question], [ids])
         writing = model.box_writing(states[0], embedding)
-        at = box_openings(ids, openers, answer_open)
+        at = model.brackets.openings(ids)
         written_boxes = []
         for k in at:
             written = writing.write(hidden[0][k])

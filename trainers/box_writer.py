@@ -24,7 +24,6 @@ from tqdm import tqdm
 from coreseg.allocator import keep_freed_memory
 from coreseg.checkpoint import load_checkpoint, read_info, save_checkpoint
 from coreseg.datasets import DEV_EVERY, held_out
-from coreseg.modeling.box_writer import box_openings, opener_ids
 from coreseg.modeling.core_seg import CoreSeg
 from trainers.composites import load_composite_cases
 from trainers.samples import Case, attach_embeddings, load_cases
@@ -44,14 +43,12 @@ def teacher_forced(model: CoreSeg, drawn):
 @torch.no_grad()
 def development_iou(model: CoreSeg, cases: list[Case], batch_size: int) -> float:
     """Mean IoU of the boxes written at each opening bracket with the boxes the targets write there."""
-    openers = opener_ids(model.reasoner.tokenizer)
-    answer_open = model.reasoner.tokenizer.convert_tokens_to_ids("<answer>")
     rng, ious = random.Random(0), []
     for i in range(0, len(cases), batch_size):
         hidden, image, completions, boxes, _ = teacher_forced(model, draw_samples(cases[i:i + batch_size], rng,
                                                                                   model.config.box_frame))
         for h, im, completion, truth in zip(hidden, image, completions, boxes):
-            for at, box in zip(box_openings(completion, openers, answer_open), truth):
+            for at, box in zip(model.brackets.openings(completion), truth):
                 written, _ = model.box_writer(h[at][None], [im])
                 goal = torch.tensor([box], dtype=torch.float32) / model.config.box_frame
                 ious.append(float(box_iou(written.float(), goal)[0, 0]))

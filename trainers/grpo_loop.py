@@ -16,10 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from coreseg.answer import ANSWER_OPEN
 from coreseg.checkpoint import save_checkpoint
 from coreseg.metrics import dice
-from coreseg.modeling.box_writer import closer_ids, opener_ids, written_tokens
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.losses import token_cross_entropy
 from coreseg.modeling.sampling import sampling_logprobs
@@ -100,10 +98,7 @@ def _chosen_tokens(model: CoreSeg):
     """completion → the positions of the tokens the policy chose: all but those the box writer wrote."""
     if model.box_writer is None:
         return lambda ids: list(range(len(ids)))
-    tokenizer = model.reasoner.tokenizer
-    openers, closers = opener_ids(tokenizer), closer_ids(tokenizer)
-    answer_open = tokenizer.convert_tokens_to_ids(ANSWER_OPEN)
-    return lambda ids: [k for k, w in enumerate(written_tokens(ids, openers, closers, answer_open)) if not w]
+    return lambda ids: [k for k, w in enumerate(model.brackets.written(ids)) if not w]
 
 
 def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float, top_p: float = 1.0) -> torch.Tensor:

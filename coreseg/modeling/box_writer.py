@@ -19,44 +19,49 @@ frame, the segmenter's and the decoder's; the image cells tile it evenly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from coreseg.answer import ANSWER_OPEN
 from coreseg.modeling.box_pointer import BoxPointer, ImageStates
 
 
-def opener_ids(tokenizer) -> frozenset[int]:
-    """The tokens that open a box: their text ends with "[" (` [[`, ` [`, `[[`, `[`)."""
-    return frozenset(i for t, i in tokenizer.get_vocab().items()
-                     if tokenizer.convert_tokens_to_string([t]).strip() in ("[", "[["))
+@dataclass(frozen=True)
+class Brackets:
+    """A tokenizer's box brackets: the tokens that open a box (their text is "[" or "[[" with or without a leading
+    space), those that close one (their text starts with "]": `]].`, `],`, …) and `<answer>`, after which they
+    count. Computed once per model (`CoreSeg.brackets`): reading them off the vocabulary takes ~10 ms."""
 
+    openers: frozenset[int]
+    closers: frozenset[int]
+    answer_open: int
 
-def closer_ids(tokenizer) -> frozenset[int]:
-    """The tokens that close a box: their text starts with "]" (`]].`, `],`, …)."""
-    return frozenset(i for t, i in tokenizer.get_vocab().items()
-                     if tokenizer.convert_tokens_to_string([t]).startswith("]"))
+    @classmethod
+    def of(cls, tokenizer) -> "Brackets":
+        text = {i: tokenizer.convert_tokens_to_string([t]) for t, i in tokenizer.get_vocab().items()}
+        return cls(frozenset(i for i, t in text.items() if t.strip() in ("[", "[[")),
+                   frozenset(i for i, t in text.items() if t.startswith("]")),
+                   tokenizer.convert_tokens_to_ids(ANSWER_OPEN))
 
+    def openings(self, completion: list[int]) -> list[int]:
+        """Positions of the box-opening tokens of a completion's answer (none before `<answer>`)."""
+        if self.answer_open not in completion:
+            return []
+        start = completion.index(self.answer_open)
+        return [k for k in range(start + 1, len(completion)) if completion[k] in self.openers]
 
-def box_openings(completion: list[int], openers: frozenset[int], answer_open: int) -> list[int]:
-    """Positions of the box-opening tokens of a completion's answer (none before `<answer>`)."""
-    if answer_open not in completion:
-        return []
-    start = completion.index(answer_open)
-    return [k for k in range(start + 1, len(completion)) if completion[k] in openers]
-
-
-def written_tokens(completion: list[int], openers: frozenset[int], closers: frozenset[int],
-                   answer_open: int) -> list[bool]:
-    """Per token of a completion sampled with the writer: whether the writer wrote it (the coordinates between each
-    opening bracket of the answer and the bracket that closes it). GRPO leaves those out of the policy loss: the
-    policy did not choose them."""
-    written = [False] * len(completion)
-    for k in box_openings(completion, openers, answer_open):
-        for j in range(k + 1, len(completion)):
-            if completion[j] in closers or completion[j] in openers:
-                break
-            written[j] = True
-    return written
+    def written(self, completion: list[int]) -> list[bool]:
+        """Per token of a completion sampled with the writer: whether the writer wrote it (the coordinates between
+        each opening bracket of the answer and the bracket that closes it). GRPO leaves those out of the policy
+        loss: the policy did not choose them."""
+        written = [False] * len(completion)
+        for k in self.openings(completion):
+            for j in range(k + 1, len(completion)):
+                if completion[j] in self.closers or completion[j] in self.openers:
+                    break
+                written[j] = True
+        return written
 
 
 def coordinate_text(box: torch.Tensor, frame: int) -> str:
@@ -75,11 +80,11 @@ class BoxWriting:
     row's last token opened a box, returns the coordinate tokens the pointer writes there, and names the tokens
     that may follow them (`closers`: without that a model could append a digit to the last coordinate)."""
 
-    def __init__(self, pointer: BoxPointer, tokenizer, image: ImageStates, frame: int, refine=None):
+    def __init__(self, pointer: BoxPointer, tokenizer, brackets: Brackets, image: ImageStates, frame: int,
+                 refine=None):
         self.pointer, self.tokenizer, self.image, self.frame = pointer, tokenizer, image, frame
         self.refine = refine  # normalised box → normalised box (the box of the mask SAM draws in it), or None
-        self.openers, self.closers = opener_ids(tokenizer), closer_ids(tokenizer)
-        self.answer_open = tokenizer.convert_tokens_to_ids(ANSWER_OPEN)
+        self.openers, self.closers, self.answer_open = brackets.openers, brackets.closers, brackets.answer_open
 
     def opens_box(self, ids: list[int]) -> bool:
         """Whether `ids` (a row's tokens so far) end with a box's opening bracket inside the answer."""

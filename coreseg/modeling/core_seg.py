@@ -12,12 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from coreseg.answer import ANSWER_OPEN, SEG_TOKEN
+from coreseg.answer import SEG_TOKEN
 from coreseg.config import ModelConfig
 from coreseg.geometry import LOW_RES
 from coreseg.metrics import mask_box
 from coreseg.modeling.box_pointer import BoxPointer, ImageStates
-from coreseg.modeling.box_writer import BoxWriting, box_openings, opener_ids
+from coreseg.modeling.box_writer import Brackets, BoxWriting
 from coreseg.modeling.losses import box_loss, dice_ce_loss, pointer_loss, token_cross_entropy
 from coreseg.modeling.prompt_adapter import SemanticPromptAdapter
 from coreseg.modeling.segmenter import Segmenter
@@ -33,6 +33,7 @@ class CoreSeg(nn.Module):
         self.segmenter = segmenter
         self.adapter = SemanticPromptAdapter(reasoner.hidden_size, config.adapter)
         self.box_writer = BoxPointer(reasoner.hidden_size, config.adapter.hidden_dim) if config.box_writer else None
+        self.brackets = Brackets.of(reasoner.tokenizer) if config.box_writer else None
         self.seg_ids = reasoner.tokenizer.encode(SEG_TOKEN, add_special_tokens=False)
         if len(self.seg_ids) != 1:
             raise ValueError(f"{SEG_TOKEN} is {len(self.seg_ids)} tokens of the reasoner's tokenizer, not one: "
@@ -70,8 +71,9 @@ class CoreSeg(nn.Module):
         return grown.to(next(self.parameters()).device)
 
     def with_box_writer(self) -> "CoreSeg":
-        """This model with a box writer (a fresh one started from the `<seg>` box pointer's weights, which already
-        point at findings; every other weight kept): `trainers.box_writer`'s start."""
+        """This model with a box writer (a fresh one, started from the `<seg>` box pointer's weights where the model
+        has that pointer, random otherwise; every other weight and the sampling guesses kept): `trainers.box_writer`'s
+        start."""
         from dataclasses import replace
 
         if self.box_writer is not None:
@@ -90,7 +92,7 @@ class CoreSeg(nn.Module):
         if self.box_writer is None:
             return None
         side = self.segmenter.image_side(embedding)
-        return BoxWriting(self.box_writer, self.reasoner.tokenizer, image, self.config.box_frame,
+        return BoxWriting(self.box_writer, self.reasoner.tokenizer, self.brackets, image, self.config.box_frame,
                           refine=lambda box: self.refined_box(embedding, box, side))
 
     @torch.no_grad()
@@ -109,12 +111,10 @@ class CoreSeg(nn.Module):
         """The box writer's loss on teacher-forced completions: the state at the k-th opening bracket of each
         completion's answer towards the k-th box written there (`boxes`, per completion, box frame): the box's
         DETR loss plus the pointer's cross-entropy towards the share of the target inside that box in each cell."""
-        openers = opener_ids(self.reasoner.tokenizer)
-        answer_open = self.reasoner.tokenizer.convert_tokens_to_ids(ANSWER_OPEN)
         frame, size = self.config.box_frame, target_masks.shape[-1]
         states, images, goals, shares = [], [], [], []
         for i, completion in enumerate(completions):
-            for at, box in zip(box_openings(completion, openers, answer_open), boxes[i]):
+            for at, box in zip(self.brackets.openings(completion), boxes[i]):
                 x1, y1, x2, y2 = (round(v * size / frame) for v in box)
                 inside = torch.zeros_like(target_masks[i])
                 inside[..., y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)] = 1

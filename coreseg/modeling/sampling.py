@@ -93,11 +93,11 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
 
     With a `writer` (`coreseg.modeling.box_writer.BoxWriting`), where a row's kept tokens end with a box's opening
     bracket the writer's coordinate tokens (from the state at that bracket) replace what the model would draw: they
-    are fed as sure guesses (all accepted, at most `draft_length` a pass) and after the last one the model draws the
-    token that closes the box (drawn from the tempered softmax renormalised over `writer.closers`; its
-    log-probability is the unrestricted tempered softmax's, finite for GRPO's ratio).
-    Their log-probabilities are the model's own (softmax of the logits): a written token need not lie in the
-    sampling nucleus. Returns also, per row and token, whether the writer wrote it."""
+    are fed as sure guesses (all accepted, at most `draft_length` a pass), with the model's own log-probabilities
+    (softmax of the logits: a written token need not lie in the nucleus). After the last one the model draws the
+    token that closes the box from the tempered softmax renormalised over `writer.closers`; its log-probability is
+    the unrestricted tempered softmax's, finite for GRPO's ratio. Returns also, per row and token, whether the
+    writer wrote it."""
     rows = first_logits.shape[0]
     device = first_logits.device
     greedy = temperature <= 0
@@ -148,7 +148,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
         closing = [r for r in range(rows) if sure[r] and len(queue[r]) <= len(drafts[r])]
         if closing:  # after the writer's last coordinate the model closes the box: "]]." or "], [" for another
             step = logits[closing, accepted[closing]].float()
-            step = step / temperature if temperature > 0 else step
+            step = torch.log_softmax(step / temperature if temperature > 0 else step, dim=-1)  # tempered, no nucleus
             allowed = torch.zeros(step.shape[-1], dtype=torch.bool, device=device)
             allowed[list(writer.closers)] = True
             at = at.clone()
@@ -162,9 +162,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
                 probs[refused, fed[refused, 1 + accepted[refused]]] = 0
             token = torch.multinomial(probs.cpu(), 1, generator=generator).to(device).squeeze(1)
         token_logp = log_probs[torch.arange(rows, device=device), accepted].gather(-1, token[:, None]).squeeze(-1)
-        if closing:  # a closer's: the tempered softmax's, unrestricted and finite (it may lie outside the nucleus)
-            step = logits[closing, accepted[closing]].float()
-            step = torch.log_softmax(step / temperature if temperature > 0 else step, dim=-1)
+        if closing:  # a closer's: unrestricted and finite (it may lie outside the nucleus)
             token_logp[closing] = step.gather(-1, token[closing, None]).squeeze(-1)
         keep = torch.zeros(rows, dtype=torch.long)
         for r in range(rows):
