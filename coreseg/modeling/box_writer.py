@@ -1,18 +1,18 @@
 """The box writer: an answer's box coordinates written by a pointer, not spelt digit by digit.
 
 The compact reasoner spelt its boxes from 8 × 8 pooled image tokens: box F1 against the truth 0.28, IoU with the
-box of its own mask 0.37, while the `<seg>` box pointer (`box_pointer.py`) put the mask's box on the lesion. So where
-the answer opens a box (the ` [[` or ` [` token after `<answer>`), the state at that bracket, which has read the
-question and the reasoning, queries the image states as the `<seg>` pointer does, and its box is written as the
+box of its own mask 0.37, while the mask drawn from the `<seg>` state lay on the lesion. So where the answer opens a
+box (the ` [[` or ` [` token after `<answer>`), the state at that bracket, which has read the question and the
+reasoning, queries the image states as the `<seg>` box pointer (`box_pointer.py`) does, and its box is written as the
 coordinates ("x1, y1, x2, y2", the model's box frame); the reasoner then closes the box (`]].`, or `],` and ` [`
 for another) and the `<seg>` state reads those boxes. Which finding a box lands on is still the state's choice; the
-digits are the pointer's. Trained by `trainers.box_writer` on teacher-forced SFT targets (the k-th opening bracket
+digits are the pointer's and SAM's. Trained by `trainers.box_writer` on teacher-forced SFT targets (the k-th opening bracket
 towards the k-th box written there).
 
 The pointer's box is then refined the way MedSAM is used: given to the segmenter as a box prompt, and the box of the
 mask it draws there is written (`CoreSeg.refined_box`; the pointer's own box where that mask is empty). On held-out
-training cases (teacher-forced, compact-grpo26's reasoner) the pointer's boxes met the target's at IoU 0.43, the
-refined ones at 0.60.
+training cases (teacher-forced, compact-grpo26's reasoner, the first writer) the pointer's boxes met the target's at
+IoU 0.43, the refined ones at 0.60.
 
 Every frame here is the image squashed (`coreseg.geometry`), so a box normalised to [0, 1] is the same in the box
 frame, the segmenter's and the decoder's; the image cells tile it evenly.
