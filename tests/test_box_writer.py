@@ -69,18 +69,17 @@ def test_the_writer_learns_the_box_of_each_bracket():
 
 
 def test_the_predictor_writes_the_pointer_boxes(tmp_path):
-    """Sampling through the predictor (the shipped model grown by an untrained writer, saved and loaded as a
-    checkpoint): each box of each candidate is the writer's box for the state at its bracket, recomputed by a teacher-forced
-    pass over the candidate's own tokens, and the `<seg>` mask is the one drawn from those tokens."""
+    """Sampling through the predictor (the shipped model with its trained writer, saved and loaded as a checkpoint):
+    each box of each candidate is the writer's box for the state at its bracket, recomputed by a teacher-forced pass
+    over the candidate's own tokens, and the `<seg>` mask is the one drawn from those tokens."""
     from coreseg.checkpoint import load_checkpoint, save_checkpoint
     from coreseg.config import DEFAULT_CHECKPOINT
     from coreseg.geometry import Frames
     from coreseg.metrics import dice
+
     torch.set_num_threads(1)
     shipped, _ = load_checkpoint(DEFAULT_CHECKPOINT, device="cpu")
-    torch.manual_seed(0)  # the shipped model has no `<seg>` pointer to start the writer from: a random writer
-    save_checkpoint(shipped.with_box_writer(), tmp_path / "writer", "writer-test")
-    assert (tmp_path / "writer" / "drafts.json").exists()  # grown with its sampling guesses
+    save_checkpoint(shipped, tmp_path / "writer", "writer-test")
     predictor = CoreSegPredictor.from_checkpoint(tmp_path / "writer", "cpu")
     model = predictor.model
     assert model.box_writer is not None
@@ -135,3 +134,20 @@ def test_grpo_leaves_the_written_coordinates_out_of_the_policy_loss():
     assert "<seg>" in chosen and " [[" in chosen and "]]." in chosen and "<answer>" in chosen
     model.box_writer = None
     assert _chosen_tokens(model)(completion) == list(range(len(completion)))
+
+
+def test_a_grown_writer_starts_from_the_seg_pointer_and_keeps_the_sampling_guesses():
+    """`with_box_writer` on a model without one: every weight kept, the writer a copy of the `<seg>` box pointer, the
+    drafter's guesses kept (a checkpoint saved from it samples as fast as its parent)."""
+    from dataclasses import replace
+
+    model, _, completion, _, _ = _two_blob_model()
+    bare = CoreSeg.build(replace(model.config, box_writer=False), tokenizer=model.reasoner.tokenizer,
+                         pretrained_segmenter=False)
+    bare.reasoner.drafter.learn(completion)
+    grown = bare.with_box_writer()
+    assert grown.box_writer is not None and grown.reasoner.drafter is bare.reasoner.drafter
+    for name, value in bare.trainable_state_dict().items():
+        assert torch.equal(grown.state_dict()[name], value), name
+    for name, value in bare.adapter.pointer.state_dict().items():
+        assert torch.equal(grown.box_writer.state_dict()[name], value), name

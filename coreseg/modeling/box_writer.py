@@ -82,13 +82,16 @@ class BoxWriting:
 
     def __init__(self, pointer: BoxPointer, tokenizer, brackets: Brackets, image: ImageStates, frame: int,
                  refine=None):
-        self.pointer, self.tokenizer, self.image, self.frame = pointer, tokenizer, image, frame
+        self.pointer, self.tokenizer, self.brackets, self.image, self.frame = pointer, tokenizer, brackets, image, frame
         self.refine = refine  # normalised box → normalised box (the box of the mask SAM draws in it), or None
-        self.openers, self.closers, self.answer_open = brackets.openers, brackets.closers, brackets.answer_open
+
+    @property
+    def closers(self) -> frozenset[int]:
+        return self.brackets.closers
 
     def opens_box(self, ids: list[int]) -> bool:
         """Whether `ids` (a row's tokens so far) end with a box's opening bracket inside the answer."""
-        return bool(ids) and ids[-1] in self.openers and self.answer_open in ids
+        return bool(ids) and ids[-1] in self.brackets.openers and self.brackets.answer_open in ids
 
     def cut(self, ids: list[int], guesses: list[int]) -> list[int]:
         """Guesses up to and including the first opening bracket: no guessed coordinate is ever accepted."""

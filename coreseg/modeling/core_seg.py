@@ -91,9 +91,15 @@ class CoreSeg(nn.Module):
         1 × 256 × 64 × 64; None without a box writer)."""
         if self.box_writer is None:
             return None
-        side = self.segmenter.image_side(embedding)
+        sides = []  # the decoder's image side, prepared at the first box written (an absent answer writes none)
+
+        def refine(box: torch.Tensor) -> torch.Tensor:
+            if not sides:
+                sides.append(self.segmenter.image_side(embedding))
+            return self.refined_box(embedding, box, sides[0])
+
         return BoxWriting(self.box_writer, self.reasoner.tokenizer, self.brackets, image, self.config.box_frame,
-                          refine=lambda box: self.refined_box(embedding, box, side))
+                          refine=refine)
 
     @torch.no_grad()
     def refined_box(self, embedding: torch.Tensor, box: torch.Tensor, image_side=None) -> torch.Tensor:
