@@ -41,6 +41,7 @@ from coreseg.precision import add_precision_argument
 from trainers.grpo_loop import (GRPOConfig, Group, ReferencePolicy, StepLog, _advantages,  # noqa: F401
                                 _token_logps, case_index, decoder_bf16, grpo_loss, plot_curves,
                                 relative_human_term, sample_group, train_groups)
+from trainers.rewards import RewardWeights
 
 
 def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
@@ -112,6 +113,9 @@ def main(argv=None) -> None:
     parser.add_argument("--text-weight", type=float, default=0.0, help="add SFT's text loss on each case's written "
                         "answer (keeps the composite reasoning, which the rewards alone let drift)")
     parser.add_argument("--human-weight", type=float, default=0.5)
+    parser.add_argument("--consistency-weight", type=float, default=1.0, help="weight of the self-consistency "
+                        "reward (claims and boxes against the completion's own mask) beside format, detect, segment "
+                        "and pointing at 1")
     add_precision_argument(parser)   # mask-decoder autocast: --precision auto|fp32|bf16; --bf16 alias
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--force", action="store_true")
@@ -140,6 +144,7 @@ def main(argv=None) -> None:
                      box_weight=args.box_weight, freeze_reasoner=args.freeze_reasoner,
                      freeze_mask_path=args.freeze_mask_path, text_weight=args.text_weight,
                      anchor_follows_text=args.anchor_follows_text,
+                     weights=RewardWeights(consistency=args.consistency_weight),
                      bf16_decoder=decoder_bf16(args.precision))
     model, info = load_checkpoint(args.base, device="cpu")
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself
