@@ -69,6 +69,9 @@ class ModelConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     box_frame: int = 256                  # the model writes boxes in a box_frame × box_frame squashed frame
     box_writer: bool = False              # the answer's box coordinates written by a pointer (box_writer.py)
+    box_writer_reads_text: bool = False   # the bracket's state reads the completion before it (text_reader.py)
+    box_writer_reach: int | None = 1      # a written box is centred on the cells within this many rows and columns
+                                          # of the one its pointer attends most (None: on all cells, as trained)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from coreseg.answer import parse_answer, render_answer
@@ -98,7 +99,7 @@ def test_the_predictor_writes_the_pointer_boxes(tmp_path):
         at = model.brackets.openings(ids)
         written_boxes = []
         for k in at:
-            written = writing.write(hidden[0][k])
+            written = writing.write(hidden[0][k], hidden[0][:k + 1])
             assert ids[k + 1:k + 1 + len(written)] == written
             assert ids[k + 1 + len(written)] in writing.closers  # no digit appended to the last coordinate
             written_boxes.append([int(v) for v in tokenizer.decode(written).split(",")])
@@ -151,3 +152,46 @@ def test_a_grown_writer_starts_from_the_seg_pointer_and_keeps_the_sampling_guess
         assert torch.equal(grown.state_dict()[name], value), name
     for name, value in bare.adapter.pointer.state_dict().items():
         assert torch.equal(grown.box_writer.state_dict()[name], value), name
+
+
+def test_the_text_reader_moves_each_box_to_the_blob_its_words_name():
+    """Two answers that differ in one word before the bracket ("left" / "right"): the bracket's state alone barely
+    tells them apart (the writer writes nearly one box for both). A writer grown by a text reader first writes the
+    boxes it wrote before (the reader starts at zero); trained on the two answers it puts each box on the blob its word
+    names, while the same training without the reader still writes nearly one box for both."""
+    model, image, _, boxes, _ = _two_blob_model()
+    from coreseg.geometry import mask_to_low_res
+
+    _, blobs = scene()
+    texts = [model.encode_target(render_answer(f"One dark oval region on the {side}.", "lesion", [box]))
+             for side, box in zip(("left", "right"), boxes)]
+    embedding = model.segmenter.encode(image).expand(2, -1, -1, -1)
+    with torch.no_grad():
+        _, hidden, states = model.reasoner.forward_completions([image] * 2, embedding, ["Outline the lesion."] * 2,
+                                                               texts)
+    at = [model.brackets.openings(t)[0] for t in texts]
+    targets = torch.cat([mask_to_low_res(blob) for blob in blobs])
+
+    def written(m):
+        out, _ = m.box_writer(torch.stack([h[k] for h, k in zip(hidden, at)]), states,
+                              texts=[h[:k + 1] for h, k in zip(hidden, at)])
+        return out.detach() * 256
+
+    def trained(m):
+        optimizer = torch.optim.AdamW(m.box_writer.parameters(), lr=3e-3)
+        for _ in range(150):
+            m.box_writer_loss(hidden, texts, states, [[box] for box in boxes], targets).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        out = written(m)
+        return [box_iou(tuple(box.tolist()), truth) for box, truth in zip(out, boxes)], float((out[0] - out[1]).abs().max())
+
+    before = written(model)
+    assert float((before[0] - before[1]).abs().max()) < 2  # pixels: one box for both answers
+    reading = model.with_box_writer(reads_text=True)
+    assert reading.box_writer.reader is not None and torch.allclose(written(reading), before)
+    with pytest.raises(ValueError, match="texts"):
+        reading.box_writer(hidden[0][at[0]][None], states[:1])
+    (with_reader, _), (without, apart) = trained(reading), trained(model)
+    print(with_reader, without, apart)
+    assert min(with_reader) > 0.6 and apart < 20 and min(without) < 0.45

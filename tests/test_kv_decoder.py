@@ -214,7 +214,7 @@ class _EveryThirdOpens:
     closers = frozenset({1, 2, 4})
 
     def __init__(self):
-        self.states = []
+        self.states, self.texts = [], []
 
     def opens_box(self, ids):
         return bool(ids) and ids[-1] % 3 == 0 and ids[-1] != 0
@@ -224,8 +224,10 @@ class _EveryThirdOpens:
 
         return BoxWriting.cut(self, ids, guesses)
 
-    def write(self, state):
+    def write(self, state, text):
+        assert torch.equal(text[-1], state)  # the completion's states up to the bracket, the bracket's last
         self.states.append(state)
+        self.texts.append(text)
         return list(self.WRITTEN)
 
 
@@ -257,8 +259,8 @@ def test_written_boxes_are_fed_and_the_model_goes_on_after_them(guessing):
                 assert writer.opens_box(row[:k]), k
                 n = min(len(_EveryThirdOpens.WRITTEN), len(row) - k)
                 assert row[k:k + n] == _EveryThirdOpens.WRITTEN[:n] and all(flags[k:k + n])
-                assert any(torch.allclose(s, out.hidden_states[-1][0, prompt.shape[0] + k - 1], atol=1e-4)
-                           for s in writer.states)
+                assert any(torch.allclose(s, out.hidden_states[-1][0, prompt.shape[0]:prompt.shape[0] + k], atol=1e-4)
+                           for s in writer.texts if len(s) == k)  # the states of the tokens up to the bracket
                 written += 1
                 k += n
                 if k < len(row):  # the closing token: the most likely closer

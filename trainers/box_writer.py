@@ -49,7 +49,7 @@ def development_iou(model: CoreSeg, cases: list[Case], batch_size: int) -> float
                                                                                   model.config.box_frame))
         for h, im, completion, truth in zip(hidden, image, completions, boxes):
             for at, box in zip(model.brackets.openings(completion), truth):
-                written, _ = model.box_writer(h[at][None], [im])
+                written, _ = model.box_writer(h[at][None], [im], reach=model.config.box_writer_reach, texts=[h[:at + 1]])
                 goal = torch.tensor([box], dtype=torch.float32) / model.config.box_frame
                 ious.append(float(box_iou(written.float(), goal)[0, 0]))
     return float(np.mean(ious)) if ious else float("nan")
@@ -64,6 +64,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sets", default="busbra,kvasir,ph2")
     parser.add_argument("--limit", type=int, default=None, help="at most N training images per set")
     parser.add_argument("--composites", type=int, default=0, help="and up to N cached training composites")
+    parser.add_argument("--reads-text", action="store_true", help="grow a text reader (text_reader.py): the bracket's "
+                        "state reads the reasoning before it")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -87,7 +89,7 @@ def main(argv=None) -> None:
     if not cases:
         raise SystemExit("no training cases: run python -m trainers.features first")
     base, _ = load_checkpoint(args.init, device="cpu")
-    model = base.with_box_writer().eval()  # eval: no dropout in the frozen reasoner
+    model = base.with_box_writer(reads_text=args.reads_text).eval()  # eval: no dropout in the frozen reasoner
     attach_embeddings(cases + dev, model)
     optimizer = torch.optim.AdamW(model.box_writer.parameters(), lr=args.lr, weight_decay=0.01)
     out = Path(args.out)

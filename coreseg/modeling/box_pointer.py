@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from coreseg.modeling.text_reader import TextReader
+
 
 @dataclass
 class ImageStates:
@@ -35,23 +37,34 @@ class ImageStates:
 
 
 class BoxPointer(nn.Module):
-    def __init__(self, in_dim: int, dim: int):
+    def __init__(self, in_dim: int, dim: int, reads_text: bool = False):
         super().__init__()
         self.dim = dim
+        self.reader = TextReader(in_dim) if reads_text else None  # the box writer's: see text_reader.py
         self.query = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim))
         self.key = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim))
         self.value = nn.LayerNorm(in_dim)
         self.head = nn.Sequential(nn.Linear(2 * in_dim, dim), nn.GELU(), nn.Linear(dim, 4))
 
-    def forward(self, seg_hidden: torch.Tensor, images: list[ImageStates]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, seg_hidden: torch.Tensor, images: list[ImageStates],
+                reach: int | None = None, texts: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`<seg>` states (B × H) and each one's image → boxes (B × 4: x1 y1 x2 y2 in [0, 1]) and the
-        pointer's logits over the image's cells (per row, N)."""
+        pointer's logits over the image's cells (per row, N). `reach`: read only the cells within that many rows and
+        columns of the most attended one (a pointer torn between two findings otherwise boxes the space between them).
+        `texts`: per row, the completion's states up to the state given (a pointer with a text reader reads them)."""
+        if self.reader is not None:
+            if texts is None:
+                raise ValueError("this pointer reads the text before it: give `texts`")
+            seg_hidden = self.reader(seg_hidden.float(), texts)
         boxes, logits = [], []
         queries = self.query(seg_hidden.float())
         for query, seg, image in zip(queries, seg_hidden.float(), images):
             states = image.states.float()
             scores = self.key(states) @ query / self.dim ** 0.5
             weights = torch.softmax(scores, dim=0)
+            if reach is not None:
+                weights = weights * _near(int(weights.argmax()), image, reach)
+                weights = weights / weights.sum()
             point = weights @ image.centres()
             attended = weights @ self.value(states)
             raw = self.head(torch.cat([self.value(seg), attended]))
@@ -61,3 +74,11 @@ class BoxPointer(nn.Module):
             boxes.append(torch.cat([centre - size / 2, centre + size / 2]).clamp(0.0, 1.0))
             logits.append(scores)
         return torch.stack(boxes), logits
+
+
+def _near(cell: int, image: ImageStates, radius: int) -> torch.Tensor:
+    """1 for the cells within `radius` rows and columns of `cell`, else 0 (N)."""
+    rows = torch.arange(image.rows, device=image.states.device)[:, None]
+    cols = torch.arange(image.cols, device=image.states.device)[None, :]
+    near = ((rows - cell // image.cols).abs() <= radius) & ((cols - cell % image.cols).abs() <= radius)
+    return near.flatten().float()

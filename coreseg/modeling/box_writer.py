@@ -81,8 +81,9 @@ class BoxWriting:
     that may follow them (`closers`: without that a model could append a digit to the last coordinate)."""
 
     def __init__(self, pointer: BoxPointer, tokenizer, brackets: Brackets, image: ImageStates, frame: int,
-                 refine=None):
+                 refine=None, reach: int | None = None):
         self.pointer, self.tokenizer, self.brackets, self.image, self.frame = pointer, tokenizer, brackets, image, frame
+        self.reach = reach  # the pointer reads the cells within this many of its most attended one (None: all)
         self.refine = refine  # normalised box → normalised box (the box of the mask SAM draws in it), or None
 
     @property
@@ -101,8 +102,9 @@ class BoxWriting:
         return guesses
 
     @torch.no_grad()
-    def write(self, state: torch.Tensor) -> list[int]:
-        """The coordinate tokens for the box the state at an opening bracket points to."""
-        boxes, _ = self.pointer(state[None].float(), [self.image])
+    def write(self, state: torch.Tensor, text: torch.Tensor) -> list[int]:
+        """The coordinate tokens for the box the state at an opening bracket points to; `text`: the completion's
+        states up to and including that bracket (T × H), which a writer with a text reader reads."""
+        boxes, _ = self.pointer(state[None].float(), [self.image], reach=self.reach, texts=[text])
         box = boxes[0] if self.refine is None else self.refine(boxes[0])
         return self.tokenizer.encode(coordinate_text(box, self.frame), add_special_tokens=False)

@@ -32,7 +32,8 @@ class CoreSeg(nn.Module):
         self.reasoner = reasoner
         self.segmenter = segmenter
         self.adapter = SemanticPromptAdapter(reasoner.hidden_size, config.adapter)
-        self.box_writer = BoxPointer(reasoner.hidden_size, config.adapter.hidden_dim) if config.box_writer else None
+        self.box_writer = (BoxPointer(reasoner.hidden_size, config.adapter.hidden_dim, config.box_writer_reads_text)
+                           if config.box_writer else None)
         self.brackets = Brackets.of(reasoner.tokenizer) if config.box_writer else None
         self.seg_ids = reasoner.tokenizer.encode(SEG_TOKEN, add_special_tokens=False)
         if len(self.seg_ids) != 1:
@@ -70,20 +71,22 @@ class CoreSeg(nn.Module):
         grown.load_state_dict(kept, strict=False)
         return grown.to(next(self.parameters()).device)
 
-    def with_box_writer(self) -> "CoreSeg":
+    def with_box_writer(self, reads_text: bool = False) -> "CoreSeg":
         """This model with a box writer (a fresh one, started from the `<seg>` box pointer's weights where the model
-        has that pointer, random otherwise; every other weight and the sampling guesses kept): `trainers.box_writer`'s
-        start."""
+        has that pointer, random otherwise; every other weight and the sampling guesses kept), and with a text reader
+        when `reads_text` (a fresh one, which leaves the boxes as they were): `trainers.box_writer`'s start."""
         from dataclasses import replace
 
-        if self.box_writer is not None:
+        reads_text = reads_text or self.config.box_writer_reads_text
+        if self.box_writer is not None and reads_text == self.config.box_writer_reads_text:
             return self
-        grown = CoreSeg.build(replace(self.config, box_writer=True), tokenizer=self.reasoner.tokenizer)
+        grown = CoreSeg.build(replace(self.config, box_writer=True, box_writer_reads_text=reads_text),
+                              tokenizer=self.reasoner.tokenizer)
         grown.load_state_dict(self.trainable_state_dict(), strict=False)
         if hasattr(self.reasoner, "drafter"):  # the sampling guesses learned so far
             grown.reasoner.drafter = self.reasoner.drafter
-        if self.adapter.pointer is not None:
-            grown.box_writer.load_state_dict(self.adapter.pointer.state_dict())
+        if self.box_writer is None and self.adapter.pointer is not None:
+            grown.box_writer.load_state_dict(self.adapter.pointer.state_dict(), strict=False)
         return grown.to(next(self.parameters()).device)
 
     def box_writing(self, image: ImageStates, embedding: torch.Tensor) -> BoxWriting | None:
@@ -99,7 +102,7 @@ class CoreSeg(nn.Module):
             return self.refined_box(embedding, box, sides[0])
 
         return BoxWriting(self.box_writer, self.reasoner.tokenizer, self.brackets, image, self.config.box_frame,
-                          refine=refine)
+                          refine=refine, reach=self.config.box_writer_reach)
 
     @torch.no_grad()
     def refined_box(self, embedding: torch.Tensor, box: torch.Tensor, image_side=None) -> torch.Tensor:
@@ -118,7 +121,7 @@ class CoreSeg(nn.Module):
         completion's answer towards the k-th box written there (`boxes`, per completion, box frame): the box's
         DETR loss plus the pointer's cross-entropy towards the share of the target inside that box in each cell."""
         frame, size = self.config.box_frame, target_masks.shape[-1]
-        states, images, goals, shares = [], [], [], []
+        states, texts, images, goals, shares = [], [], [], [], []
         for i, completion in enumerate(completions):
             for at, box in zip(self.brackets.openings(completion), boxes[i]):
                 x1, y1, x2, y2 = (round(v * size / frame) for v in box)
@@ -126,12 +129,13 @@ class CoreSeg(nn.Module):
                 inside[..., y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)] = 1
                 share = target_masks[i].float() * inside
                 states.append(hidden[i][at])
+                texts.append(hidden[i][:at + 1])
                 images.append(image[i])
                 goals.append(torch.tensor(box, dtype=torch.float32) / frame)
                 shares.append(share if share.sum() > 0 else inside)  # the box itself where the mask misses it
         if not states:
             return hidden[0].new_zeros(()).float()
-        pred, logits = self.box_writer(torch.stack(states), images)
+        pred, logits = self.box_writer(torch.stack(states), images, texts=texts)
         grids = [(im.rows, im.cols) for im in images]
         return (box_loss(pred.float(), torch.stack(goals).to(pred.device))
                 + pointer_loss(logits, torch.stack(shares).to(pred.device), grids))
