@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from coreseg.allocator import keep_freed_memory
+from coreseg.answer import parse_answer
 from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_composite, plan_composites
 from coreseg.config import SegmenterConfig
 from coreseg.datasets import LabelledImage, development_items, load_folder, load_split, read_image, read_mask
@@ -298,6 +299,7 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
             row["own_agreement"] = claim_agreement(check_answer(candidate.text, candidate.mask))
             if len(named) == 1:  # does the reasoning name the panel the question names (the text's choice)?
                 row["text_points_right"] = read_panel(candidate.text) == scan.tiles[named[0]]["place"]
+                row.update(follows_reasoning(candidate.text, candidate.mask))
             records.append(row)
             if kind == "place":
                 masks_by_tile[named[0]] = candidate.mask
@@ -319,6 +321,22 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
             records.append({"composite": plan.key, "method": "candidates", "pairwise_dice": float(np.mean(pairs)),
                             "texts_differ": len({c.text for c in group})})
     return records, examples
+
+
+def follows_reasoning(text: str, mask: np.ndarray) -> dict:
+    """Where a composite answer's reasoning names a panel: whether its first box (`box_follows`) and its mask
+    (`mask_follows`) lie on that panel (≥ `PANEL_SHARE` of their area); {} when it names none."""
+    panel = read_panel(text)
+    if panel is None:
+        return {}
+    region = panel_region(panel, mask.shape)
+    answer = parse_answer(text, mask.shape).answer
+    box = np.zeros(mask.shape, bool)
+    if answer is not None and answer.boxes:
+        x1, y1, x2, y2 = answer.boxes[0]
+        box[y1:y2, x1:x2] = True
+    return {"box_follows": bool(box.any()) and share_on(box, region) >= PANEL_SHARE,
+            "mask_follows": bool(mask.any()) and share_on(mask, region) >= PANEL_SHARE}
 
 
 def text_swap_on_composite(predictor: CoreSegPredictor, canvas: np.ndarray, scan: CompositeScan, key: str,
@@ -393,6 +411,10 @@ def summarise_composites(rows: list[dict]) -> dict:
         if method == "probe":
             out[method]["own_agreement"] = _mean(r.get("own_agreement") for r in mine)
             out[method]["text_points_right"] = _mean(r.get("text_points_right") for r in mine)
+            named = [r for r in mine if "box_follows" in r]  # the reasoning names a panel: do box and mask go there?
+            out[method]["follows_reasoning"] = {"answers": len(named),
+                                                "box": _mean(r["box_follows"] for r in named),
+                                                "mask": _mean(r["mask_follows"] for r in named)}
     between = [r["dice_between"] for r in rows if r["method"] == "counterfactual"]
     if between:
         out["counterfactual"] = {"pairs": len(between), "dice_between_questions": float(np.mean(between)),
@@ -440,6 +462,10 @@ def markdown_table(summary: dict) -> str:
         if comp.get("probe", {}).get("text_points_right") is not None:
             lines.append(f"\nThe reasoning names the panel the question names in "
                          f"{100 * comp['probe']['text_points_right']:.1f} % of one-panel questions.")
+            follows = comp["probe"].get("follows_reasoning")
+            if follows and follows["answers"]:
+                lines.append(f"Where the reasoning names a panel ({follows['answers']} answers), the first box lies on "
+                             f"it in {100 * follows['box']:.1f} %, the mask in {100 * follows['mask']:.1f} %.")
         if "counterfactual" in comp:
             c = comp["counterfactual"]
             lines.append(f"\nCounterfactual: Dice between the masks of two questions about different tiles of one image "

@@ -113,3 +113,20 @@ def test_a_composite_answer_s_panel_is_checked_against_its_own_mask():
     assert [f.agrees for f in check_answer(halves, left[:, ::-1]) if f.claim == "panel"] == [False]
     assert not [f for f in check_answer(render_answer("A polyp.", "polyp", [(40, 200, 200, 400)]), left)
                 if f.claim == "panel"]  # a single scan's answer claims no panel
+
+
+def test_the_evaluation_asks_whether_box_and_mask_go_where_the_reasoning_points():
+    """`coreseg.eval.follows_reasoning`: the first box and the mask each on the panel the reasoning names (≥ 80 % of
+    their area), separately; nothing is asked of a reasoning that names no panel."""
+    from coreseg.eval import follows_reasoning
+
+    right = np.zeros((400, 600), bool)
+    right[100:200, 350:450] = True
+    text = render_answer("Two panels. The question points to the right panel, a colonoscopy view.", "polyp",
+                         [(350, 100, 450, 200)])
+    assert follows_reasoning(text, right) == {"box_follows": True, "mask_follows": True}
+    assert follows_reasoning(text, right[:, ::-1]) == {"box_follows": True, "mask_follows": False}
+    spanning = render_answer("Two panels. The question points to the right panel, a colonoscopy view.", "polyp",
+                             [(200, 100, 450, 200)])  # 40 % of it on the left panel
+    assert follows_reasoning(spanning, right) == {"box_follows": False, "mask_follows": True}
+    assert follows_reasoning(render_answer("A polyp.", "polyp", [(350, 100, 450, 200)]), right) == {}
