@@ -1,7 +1,7 @@
 """Train the box writer (`coreseg/modeling/box_writer.py`) of a checkpoint, everything else frozen.
 
     python -m trainers.box_writer --data ../shared/data --cache ~/.cache/coreseg/features --init CKPT --out DIR \
-        [--composites 300] [--epochs 4] [--lr 1e-3] [--limit N]
+        [--composites 300] [--reads-text] [--text-swaps] [--epochs 4] [--lr 1e-3] [--limit N]
 
 The reasoner reads SFT targets teacher-forced, without gradient; at the k-th opening bracket of each answer the
 writer learns the k-th box written there (`CoreSeg.box_writer_loss`). A new writer starts from the `<seg>` box
@@ -66,6 +66,9 @@ def main(argv=None) -> None:
     parser.add_argument("--composites", type=int, default=0, help="and up to N cached training composites")
     parser.add_argument("--reads-text", action="store_true", help="grow a text reader (text_reader.py): the bracket's "
                         "state reads the reasoning before it")
+    parser.add_argument("--text-swaps", action="store_true", help="draw each composite also under a question naming "
+                        "another tile, and that answer under the first question (trainers.sft's --paired-questions "
+                        "--text-swaps): where question and reasoning disagree, the box follows the reasoning")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -106,7 +109,8 @@ def main(argv=None) -> None:
             for group in optimizer.param_groups:  # cosine decay to a tenth
                 group["lr"] = args.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * step / max(1, total))))
             hidden, image, completions, boxes, targets = teacher_forced(
-                model, draw_samples(order[i:i + args.batch_size], rng, model.config.box_frame))
+                model, draw_samples(order[i:i + args.batch_size], rng, model.config.box_frame,
+                                    paired=args.text_swaps, swaps=args.text_swaps))
             loss = model.box_writer_loss(hidden, completions, image, boxes, targets)
             if loss.requires_grad:
                 loss.backward()
