@@ -6,8 +6,9 @@ box (the ` [[` or ` [` token after `<answer>`), the state at that bracket, which
 reasoning, queries the image states as the `<seg>` box pointer (`box_pointer.py`) does, and its box is written as the
 coordinates ("x1, y1, x2, y2", the model's box frame); the reasoner then closes the box (`]].`, or `],` and ` [`
 for another) and the `<seg>` state reads those boxes. Which finding a box lands on is still the state's choice; the
-digits are the pointer's and SAM's. Trained by `trainers.box_writer` on teacher-forced SFT targets (the k-th opening bracket
-towards the k-th box written there).
+digits are the pointer's and SAM's. With a text reader (`text_reader.py`) the state first reads the completion up to
+the bracket. Trained by `trainers.box_writer` on teacher-forced SFT targets (the k-th opening bracket towards the k-th
+box written there).
 
 The pointer's box is then refined the way MedSAM is used: given to the segmenter as a box prompt, and the box of the
 mask it draws there is written (`CoreSeg.refined_box`; the pointer's own box where that mask is empty). On held-out
