@@ -2,12 +2,15 @@
 transformers forward computes: same logits, same greedy answers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from coreseg.config import DEFAULT_CHECKPOINT
+from coreseg.datasets import read_image
 from coreseg.modeling.drafting import DRAFT_LENGTH, NgramDrafter
 from coreseg.modeling.kv_decoder import KVDecoder
 from coreseg.predictor import CoreSegPredictor
@@ -81,9 +84,9 @@ def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch
     from coreseg.metrics import dice
 
     predictor, reasoner = shipped, shipped.model.reasoner
-    image = square((96, 80), slice(30, 60), slice(20, 50), 180)
+    image = read_image(Path(__file__).parents[1] / "assets" / "examples" / "bus_0165-r.png")  # a shipped example
     embedding = predictor.embedding(image)
-    question = "Outline the lesion."
+    question = "Outline the breast mass."
     learned = NgramDrafter()
     monkeypatch.setattr(reasoner, "drafter", learned)
     with torch.no_grad():
