@@ -259,12 +259,16 @@ def composite_questions(scan: CompositeScan, rng: random.Random) -> list[tuple[s
     return out
 
 
-def _named_region(scan: CompositeScan, named: list[int]) -> np.ndarray:
-    region = np.zeros(scan.size, bool)
-    for i in named:
-        x1, y1, x2, y2 = scan.tiles[i]["cell"]
+def _boxes_region(shape: tuple[int, int], boxes) -> np.ndarray:
+    """The pixels inside any of `boxes` (x1, y1, x2, y2, exclusive ends) in a frame of `shape`."""
+    region = np.zeros(shape, bool)
+    for x1, y1, x2, y2 in boxes:
         region[y1:y2, x1:x2] = True
     return region
+
+
+def _named_region(scan: CompositeScan, named: list[int]) -> np.ndarray:
+    return _boxes_region(scan.size, [scan.tiles[i]["cell"] for i in named])
 
 
 def _question_row(kind: str, mask: np.ndarray, target: np.ndarray, region: np.ndarray) -> dict:
@@ -348,10 +352,7 @@ def follows_reasoning(text: str, mask: np.ndarray) -> dict:
         return {}
     region = panel_region(panel, mask.shape)
     answer = parse_answer(text, mask.shape).answer
-    box = np.zeros(mask.shape, bool)
-    if answer is not None and answer.boxes:
-        x1, y1, x2, y2 = answer.boxes[0]
-        box[y1:y2, x1:x2] = True
+    box = _boxes_region(mask.shape, answer.boxes[:1] if answer is not None else [])
     return {"box_follows": bool(box.any()) and share_on(box, region) >= PANEL_SHARE,
             "mask_follows": bool(mask.any()) and share_on(mask, region) >= PANEL_SHARE}
 
