@@ -72,6 +72,8 @@ class ModelConfig:
     box_writer_reads_text: bool = False   # the bracket's state reads the completion before it (text_reader.py)
     box_writer_reach: int | None = 1      # a written box is centred on the cells within this many rows and columns
                                           # of the one its pointer attends most (None: on all cells, as trained)
+    box_writer_follows_panel: bool = True  # where the reasoning names a composite's panel ("points to the left
+                                          # panel"), a box is pointed only among that panel's cells
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -99,7 +99,7 @@ def test_the_predictor_writes_the_pointer_boxes(tmp_path):
         at = model.brackets.openings(ids)
         written_boxes = []
         for k in at:
-            written = writing.write(hidden[0][k], hidden[0][:k + 1])
+            written = writing.write(hidden[0][k], hidden[0][:k + 1], ids[:k + 1])
             assert ids[k + 1:k + 1 + len(written)] == written
             assert ids[k + 1 + len(written)] in writing.closers  # no digit appended to the last coordinate
             written_boxes.append([int(v) for v in tokenizer.decode(written).split(",")])
@@ -195,3 +195,33 @@ def test_the_text_reader_moves_each_box_to_the_blob_its_words_name():
     (with_reader, _), (without, apart) = trained(reading), trained(model)
     print(with_reader, without, apart)
     assert min(with_reader) > 0.6 and apart < 20 and min(without) < 0.45
+
+
+def test_a_box_goes_on_the_panel_the_reasoning_names():
+    """Where the reasoning says which panel of a composite the question points to, the writer points only among that
+    panel's cells and the written box (after SAM's refinement) stays on it; with the rule off, the same untrained
+    writer writes one box whatever panel the text names."""
+    model, image, _, _, _ = _two_blob_model()
+    embedding = model.segmenter.encode(image)
+    frame = model.config.box_frame
+    halves = {"left": (0, 0, frame // 2, frame), "right": (frame // 2, 0, frame, frame),
+              "upper-right": (frame // 2, 0, frame, frame // 2), "lower-left": (0, frame // 2, frame // 2, frame)}
+
+    def box_for(panel, follows):
+        text = render_answer(f"The question points to the {panel} panel. A dark oval region.", "lesion", [(1, 2, 3, 4)])
+        ids = model.encode_target(text)
+        with torch.no_grad():
+            _, hidden, states = model.reasoner.forward_completions([image], embedding, ["Outline the lesion."], [ids])
+        writing = model.box_writing(states[0], embedding)
+        writing.follows_panel = follows
+        k = model.brackets.openings(ids)[0]
+        written = writing.write(hidden[0][k], hidden[0][:k + 1], ids[:k + 1])
+        return [int(v) for v in model.reasoner.tokenizer.decode(written).split(",")]
+
+    assert model.config.box_writer_follows_panel
+    for panel, (x1, y1, x2, y2) in halves.items():
+        box = box_for(panel, True)
+        assert x1 <= box[0] < box[2] <= x2 and y1 <= box[1] < box[3] <= y2, (panel, box)
+    free = [box_for(panel, False) for panel in halves]
+    assert all(abs(a - b) <= 2 for box in free for a, b in zip(box, free[0])), free
+    assert any(box_for(p, True) != free[0] for p in halves)

@@ -21,7 +21,7 @@ from coreseg.findings import check_answer, claim_agreement
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import thumbnail
 from coreseg.mask_boxes import mask_boxes
-from coreseg.questions import KINDS
+from coreseg.questions import BY_PLACE, KINDS
 from trainers.composites import MODALITY_WORDS, CompositeCase
 
 LABELS = {"busbra": {"birads": 4}, "kvasir": {}, "ph2": {"diagnosis": 1}}
@@ -195,7 +195,8 @@ def test_composite_samples_parse_state_the_target_boxes_and_agree_with_it(sets, 
 def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_named_one():
     """Tiles drawn in cells 3, 0, 1 are listed upper-left, upper-right, lower-right; before the lesion is
     described the reasoning says which panel the question names (by kind, place or size alike), or that the
-    asked kind is in none of them, at the same place."""
+    asked kind is in none of them: after the panel list, or, for a place, first (copied from the question with
+    no panel list in between)."""
     case = composite(["busbra", "kvasir", "ph2"], (2, 2), [3, 0, 1], [0.3, 0.25, 0.2], cls=CompositeCase)
     assert case.panels() == ("The image is a composite of three panels: a colonoscopy view (upper-left), "
                              "a dermoscopy image (upper-right), a breast ultrasound (lower-right).")
@@ -207,10 +208,16 @@ def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_nam
         for _ in range(40):
             sample = scan.sample(rng, FRAME)
             reasoning = parse_answer(sample.answer, (FRAME, FRAME)).answer.reasoning
-            assert reasoning.startswith(scan.panels())
+            by_place = sample.question in {q.format(place=t["place"]) for t in scan.tiles for q in BY_PLACE}
+            if by_place:
+                place = scan.tiles[sample.targets[0]]["place"]
+                assert reasoning.startswith(f"The question points to the {place} panel. {scan.panels()} ")
+                seen.add("place")
+            else:
+                assert reasoning.startswith(scan.panels())
             if len(sample.targets) == 1:
                 named = scan.tiles[sample.targets[0]]
-                assert f"points to the {named['place']} panel, " in reasoning, (sample.question, reasoning)
+                assert f"points to the {named['place']} panel" in reasoning, (sample.question, reasoning)
                 seen.add(named["place"])
                 for word in ("larger", "smaller"):
                     if word in sample.question:
@@ -224,7 +231,7 @@ def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_nam
                 assert reasoning.startswith(f"{scan.panels()} The question asks for a {KINDS[asked][0]}, which "
                                             f"{modality} shows; none of the panels is {modality}.")
                 seen.add("absent")
-    assert len(seen) >= 4 and "absent" in seen and ("larger" in seen or "smaller" in seen)
+    assert len(seen) >= 5 and {"absent", "place"} <= seen and ("larger" in seen or "smaller" in seen)
 
 
 def test_the_tiles_a_reasoning_names_are_read_back_from_its_words():
@@ -250,7 +257,7 @@ def test_single_scans_ask_present_and_absent_findings_in_the_same_words():
     with a clinical qualifier is asked about the scan's own finding and about another set's."""
     from coreseg.datasets import LabelledImage
     from coreseg.lesion_facts import describe_lesion, thumbnail
-    from coreseg.questions import KINDS
+    from coreseg.questions import BY_PLACE, KINDS
     from trainers.samples import Case
 
     image = np.full((96, 128, 3), 90, np.uint8)

@@ -227,8 +227,9 @@ class _EveryThirdOpens:
 
         return BoxWriting.cut(self, ids, guesses)
 
-    def write(self, state, text):
+    def write(self, state, text, ids):
         assert torch.equal(text[-1], state)  # the completion's states up to the bracket, the bracket's last
+        assert len(ids) == len(text) and self.opens_box(ids)  # and its tokens, the bracket the last
         self.states.append(state)
         self.texts.append(text)
         return list(self.WRITTEN)

@@ -44,9 +44,9 @@ class CompositeCase(CompositeScan):
         """Which panel the question names, said before the lesion is described, in small steps the reasoner can
         take one at a time: a kind is first tied to the modality that shows it, then that modality is looked up
         in the panel list ("The question asks for a polyp, which a colonoscopy view shows; it points to the
-        upper-left panel, a colonoscopy view."); a place is looked up directly; an absent kind parts from a present
-        one only after its modality is named ("…; none of the panels is a colonoscopy view."). The description and
-        the mask that follow are about that panel."""
+        upper-left panel, a colonoscopy view."); a place is copied from the question before the list
+        (`opening`); an absent kind parts from a present one only after its modality is named ("…; none of the
+        panels is a colonoscopy view."). The description and the mask that follow are about that panel."""
         if way == "all":
             return f"The question {EVERY_LESION}, one in each panel."
         asked = absent_kind or self.tiles[named[0]]["set_name"]
@@ -55,9 +55,17 @@ class CompositeCase(CompositeScan):
             return f"The question asks for a {KINDS[asked][0]}, which {modality} shows; {NO_PANEL} {modality}."
         place = self.tiles[named[0]]["place"]
         if way == "place":
-            return f"The question points to the {place} panel, {modality}."
+            return f"The question points to the {place} panel."
         wanted = f"a {KINDS[asked][0]}" if way == "kind" else f"the {self._size_word(named[0])} of the two {KINDS[asked][1]}"
         return f"The question asks for {wanted}, which {modality} shows; it points to the {place} panel, {modality}."
+
+    def opening(self, way: str, pointing: str) -> str:
+        """The reasoning's first sentences: the panel list, then the pointing sentence that looks the question's
+        kind or size up in it; a place question's pointing sentence comes first. Copying a quadrant's second word
+        ("upper-left") from the question failed while the list stood between them: after "points to the upper-"
+        the list offers "upper-left" and "upper-right" as much as the question does, and compact-grpo26 wrote
+        "…-right" for 31 of the 34 quadrant questions it named wrongly on the development composites."""
+        return f"{pointing} {self.panels()}" if way == "place" else f"{self.panels()} {pointing}"
 
     def named_in(self, text: str) -> list[int] | None:
         """The tiles a written reasoning picks, by the sentences `pointing` writes: its "points to the … panel",
@@ -81,7 +89,7 @@ class CompositeCase(CompositeScan):
         question, named, absent_kind, way = self.choose_question(rng)
         mask = self.target_mask(named)
         pointing = self.pointing(way, named, absent_kind)
-        opening = f"{self.panels()} {pointing}"
+        opening = self.opening(way, pointing)
         if absent_kind is not None:
             reasoning = f"{opening} {describe_absence(absent_kind, [t['set_name'] for t in self.tiles], rng)}"
             return Sample(question, render_answer(reasoning, KINDS[absent_kind][0], []), self.target(named), [], named,

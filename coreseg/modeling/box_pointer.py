@@ -47,21 +47,25 @@ class BoxPointer(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * in_dim, dim), nn.GELU(), nn.Linear(dim, 4))
 
     def forward(self, seg_hidden: torch.Tensor, images: list[ImageStates],
-                reach: int | None = None, texts: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                reach: int | None = None, texts: list[torch.Tensor] | None = None,
+                within: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`<seg>` states (B × H) and each one's image → boxes (B × 4: x1 y1 x2 y2 in [0, 1]) and the
         pointer's logits over the image's cells (per row, N). `reach`: read only the cells within that many rows and
         columns of the most attended one (a pointer torn between two findings otherwise boxes the space between them).
-        `texts`: per row, the completion's states up to the state given (a pointer with a text reader reads them)."""
+        `texts`: per row, the completion's states up to the state given (a pointer with a text reader reads them).
+        `within`: per row, the cells (bool, N) the box may be pointed in, or None for all; the logits returned are
+        the pointer's own."""
         if self.reader is not None:
             if texts is None:
                 raise ValueError("this pointer reads the text before it: give `texts`")
             seg_hidden = self.reader(seg_hidden.float(), texts)
         boxes, logits = [], []
         queries = self.query(seg_hidden.float())
-        for query, seg, image in zip(queries, seg_hidden.float(), images):
+        for row, (query, seg, image) in enumerate(zip(queries, seg_hidden.float(), images)):
             states = image.states.float()
             scores = self.key(states) @ query / self.dim ** 0.5
-            weights = torch.softmax(scores, dim=0)
+            cells = None if within is None else within[row]
+            weights = torch.softmax(scores if cells is None else scores.masked_fill(~cells, float("-inf")), dim=0)
             if reach is not None:
                 weights = weights * _near(int(weights.argmax()), image, reach)
                 weights = weights / weights.sum()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from coreseg.answer import ANSWER_OPEN
+from coreseg.findings import panel_region, read_panel
 from coreseg.modeling.box_pointer import BoxPointer, ImageStates
 
 
@@ -76,15 +77,35 @@ def coordinate_text(box: torch.Tensor, frame: int) -> str:
     return f"{x1}, {y1}, {x2}, {y2}"
 
 
+def panel_cells(text: str, image: ImageStates) -> torch.Tensor | None:
+    """The image cells (bool, N) of the composite panel that `text` says the question points to ("… points to the
+    upper-left panel …", `coreseg.findings.read_panel`), or None where it names none."""
+    panel = read_panel(text)
+    if panel is None:
+        return None
+    return torch.from_numpy(panel_region(panel, (image.rows, image.cols))).flatten().to(image.states.device)
+
+
+def _clipped(box: torch.Tensor, cells: torch.Tensor, image: ImageStates) -> torch.Tensor:
+    """A normalised box cut to the rectangle the given cells span."""
+    grid = cells.reshape(image.rows, image.cols)
+    rows, cols = grid.any(dim=1).nonzero().flatten(), grid.any(dim=0).nonzero().flatten()
+    low = torch.tensor([cols.min() / image.cols, rows.min() / image.rows], dtype=box.dtype, device=box.device)
+    high = torch.tensor([(cols.max() + 1) / image.cols, (rows.max() + 1) / image.rows], dtype=box.dtype,
+                        device=box.device)
+    return torch.cat([torch.maximum(box[:2], low), torch.minimum(box[2:], high)])
+
+
 class BoxWriting:
     """The sampling hook (`coreseg.modeling.sampling.sample_tokens`' `writer`) for one image: it tells where a
     row's last token opened a box, returns the coordinate tokens the pointer writes there, and names the tokens
     that may follow them (`closers`: without that a model could append a digit to the last coordinate)."""
 
     def __init__(self, pointer: BoxPointer, tokenizer, brackets: Brackets, image: ImageStates, frame: int,
-                 refine=None, reach: int | None = None):
+                 refine=None, reach: int | None = None, follows_panel: bool = False):
         self.pointer, self.tokenizer, self.brackets, self.image, self.frame = pointer, tokenizer, brackets, image, frame
         self.reach = reach  # the pointer reads the cells within this many of its most attended one (None: all)
+        self.follows_panel = follows_panel  # a box goes only on the composite panel the reasoning names
         self.refine = refine  # normalised box → normalised box (the box of the mask SAM draws in it), or None
 
     @property
@@ -103,9 +124,15 @@ class BoxWriting:
         return guesses
 
     @torch.no_grad()
-    def write(self, state: torch.Tensor, text: torch.Tensor) -> list[int]:
+    def write(self, state: torch.Tensor, text: torch.Tensor, ids: list[int]) -> list[int]:
         """The coordinate tokens for the box the state at an opening bracket points to; `text`: the completion's
-        states up to and including that bracket (T × H), which a writer with a text reader reads."""
-        boxes, _ = self.pointer(state[None].float(), [self.image], reach=self.reach, texts=[text])
+        states up to and including that bracket (T × H), which a writer with a text reader reads; `ids`: the
+        completion's tokens up to it, whose panel ("points to the left panel") bounds the box when `follows_panel`."""
+        within = panel_cells(self.tokenizer.decode(ids), self.image) if self.follows_panel else None
+        boxes, _ = self.pointer(state[None].float(), [self.image], reach=self.reach, texts=[text], within=[within])
         box = boxes[0] if self.refine is None else self.refine(boxes[0])
+        if within is not None:  # SAM's mask may spill over the panel's edge: the box stays on the panel
+            box = _clipped(box, within, self.image)
+            if not bool((box[2:] > box[:2]).all()):
+                box = _clipped(boxes[0], within, self.image)
         return self.tokenizer.encode(coordinate_text(box, self.frame), add_special_tokens=False)

@@ -102,7 +102,8 @@ class CoreSeg(nn.Module):
             return self.refined_box(embedding, box, sides[0])
 
         return BoxWriting(self.box_writer, self.reasoner.tokenizer, self.brackets, image, self.config.box_frame,
-                          refine=refine, reach=self.config.box_writer_reach)
+                          refine=refine, reach=self.config.box_writer_reach,
+                          follows_panel=self.config.box_writer_follows_panel)
 
     @torch.no_grad()
     def refined_box(self, embedding: torch.Tensor, box: torch.Tensor, image_side=None) -> torch.Tensor:

@@ -177,7 +177,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
                 plain = torch.log_softmax(logits[r, :a].float(), dim=-1)
                 new_logps[:a] = plain.gather(-1, fed[r, 1:1 + a, None]).squeeze(-1).tolist()
             elif writer is not None and writer.opens_box(ids[r] + drafts[r][:a]):
-                queue[r] = writer.write(hidden[r, a], torch.cat(states[r] + [hidden[r, :a + 1]]))
+                queue[r] = writer.write(hidden[r, a], torch.cat(states[r] + [hidden[r, :a + 1]]), ids[r] + drafts[r][:a])
             if queue[r]:  # the writer's next token instead of the drawn one
                 new[-1] = queue[r].pop(0)
                 new_logps[-1] = float(torch.log_softmax(logits[r, a].float(), dim=-1)[new[-1]])
