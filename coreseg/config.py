@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -74,6 +74,8 @@ class ModelConfig:
                                           # of the one its pointer attends most (None: on all cells, as trained)
     box_writer_follows_panel: bool = True  # where the reasoning names a composite's panel ("points to the left
                                           # panel"), a box is pointed only among that panel's cells
+    box_prompt: str = "panel"             # the answer's first box also prompts the mask: "never", "panel" (where
+                                          # the reasoning names a composite's panel) or "always"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,3 +187,18 @@ def resolve_device(device: str = "auto"):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
+
+
+def overridden(config, settings: list[str]):
+    """`config` (a frozen dataclass) with "field=value" settings applied, each value read as its field's type."""
+    changes = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if not hasattr(config, name) or not _:
+            raise ValueError(f"{setting!r}: expected FIELD=VALUE, FIELD a field of {type(config).__name__}")
+        current = getattr(config, name)
+        if isinstance(current, bool):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        else:
+            changes[name] = None if value.lower() == "none" else type(current)(value) if current is not None else int(value)
+    return replace(config, **changes)

@@ -529,6 +529,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cache", default=None, help="feature cache (trainers.features) to skip encoding")
     parser.add_argument("--json", default=None, help="write per-image records and the summary here")
     parser.add_argument("--gallery", default=None, help="PNG of the best and worst overlays (composites: *-composites.png)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the checkpoint's ModelConfig for this run, e.g. box_prompt=never")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--encoder-backend", default="auto", help="auto | eager | onnxruntime | openvino")
@@ -537,9 +539,13 @@ def main(argv=None) -> None:
         parser.error("--folder needs --question (what to ask about those images)")
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.config import DEFAULT_CHECKPOINT, overridden
 
     predictor = CoreSegPredictor.from_checkpoint(args.checkpoint or DEFAULT_CHECKPOINT, args.device)
+    try:
+        predictor.model.config = overridden(predictor.model.config, args.set)
+    except ValueError as error:
+        parser.error(f"--set {error}")
     predictor.model.segmenter.use_encoder_backend(args.encoder_backend, args.threads)
     items = gather_items(args)
     if not items and not args.composites:

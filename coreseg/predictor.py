@@ -16,6 +16,7 @@ from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.candidate import Candidate
 from coreseg.cache import LRU
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
+from coreseg.findings import read_panel
 from coreseg.geometry import Frames
 from coreseg.modeling.sampling import Sampled
 
@@ -99,9 +100,10 @@ class CoreSegPredictor:
     # -- candidates ---------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, image: np.ndarray, question: str, n_candidates: int = 4, temperature: float = 0.7,
-                top_p: float = 0.95, seed: int = 0, box_prompt: bool = False) -> list[Candidate]:
+                top_p: float = 0.95, seed: int = 0, box_prompt: str | None = None) -> list[Candidate]:
         """Sample `n_candidates` answers as one batch over one image encoding, and draw each mask
-        from its semantic probe (plus the answer's boxes when `box_prompt`)."""
+        from its semantic probe, with the answer's first box as a box prompt as `box_prompt` says ("never",
+        "panel", "always"; default: the model's `ModelConfig.box_prompt`)."""
         image = to_rgb(image)
         if not question or not question.strip():
             raise ValueError("ask a question, e.g. 'Outline the lesion.'")
@@ -118,7 +120,7 @@ class CoreSegPredictor:
         return [c.check(image) for c in candidates]  # claims vs each own mask, outside the model slot
 
     def score_completions(self, image: np.ndarray, question: str, completions: list[list[int]],
-                          box_prompt: bool = False) -> list[Candidate]:
+                          box_prompt: str | None = None) -> list[Candidate]:
         """Masks for given completions (e.g. stored ones, or the ground-truth answer), no sampling."""
         image = to_rgb(image)
         with self._model_context(), torch.no_grad():
@@ -135,9 +137,16 @@ class CoreSegPredictor:
                                  for c, h in zip(ids, hidden)):  # states not kept while sampling: a teacher-forced pass
             _, hidden, states = self.model.reasoner.forward_completions(
                 [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
-        boxes = self._prompt_boxes(texts, (height, width)) if box_prompt else None
-        masks = self.model.decode_masks(embedding, hidden, ids, image=states, boxes=boxes)  # no <seg>: no probe, empty mask
+        masks = self.model.decode_masks(embedding, hidden, ids, image=states)  # no <seg>: no probe, empty mask
         low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]
+        prompted = self._box_prompted(texts, box_prompt or self.model.config.box_prompt)
+        if prompted:  # those masks again, with the answer's first box beside the probe
+            pick = lambda seq: [seq[i] for i in prompted]
+            again = self.model.decode_masks(embedding, pick(hidden), pick(ids), image=None if states is None else pick(states),
+                                            boxes=self._prompt_boxes(pick(texts), (height, width)))
+            index = torch.tensor(prompted, device=low_res.device)
+            low_res = low_res.index_copy(0, index, again["logits"])
+            scores = scores.index_copy(0, index, again["scores"])
         probe_boxes = [None] * len(ids)
         if masks["probe_boxes"] is not None:
             frames, side = self.frames((height, width)), self.model.segmenter.image_size
@@ -162,6 +171,22 @@ class CoreSegPredictor:
     def frames(self, size: tuple[int, int]) -> Frames:
         """The coordinate frames of an image of `size` (height, width) for this model."""
         return Frames.of(self.model, size)
+
+    @staticmethod
+    def _box_prompted(texts: list[str], rule: str) -> list[int]:
+        """The answers whose first box also prompts the mask: none ("never"), those whose reasoning names a
+        composite's panel ("panel": their boxes were written on it, `ModelConfig.box_writer_follows_panel`), or all
+        with a box and a `<seg>` ("always")."""
+        if rule not in ("never", "panel", "always"):
+            raise ValueError(f"box_prompt is 'never', 'panel' or 'always', not {rule!r}")
+        if rule == "never":
+            return []
+        out = []
+        for i, text in enumerate(texts):
+            answer = parse_answer(text).answer
+            if answer is not None and answer.boxes and SEG_TOKEN in text and (rule == "always" or read_panel(text)):
+                out.append(i)
+        return out
 
     def _prompt_boxes(self, texts: list[str], size: tuple[int, int]) -> torch.Tensor:
         """Each answer's first box in the segmenter frame (the whole image when it has none)."""

@@ -225,3 +225,35 @@ def test_a_box_goes_on_the_panel_the_reasoning_names():
     free = [box_for(panel, False) for panel in halves]
     assert all(abs(a - b) <= 2 for box in free for a, b in zip(box, free[0])), free
     assert any(box_for(p, True) != free[0] for p in halves)
+
+
+def test_where_the_reasoning_names_a_panel_the_written_box_also_prompts_the_mask():
+    """`ModelConfig.box_prompt = "panel"` (the default): an answer whose reasoning names a composite's panel has its
+    mask drawn with its first box beside the probe (the same mask as "always" gives it), and the box moves it onto
+    that panel; the same answer without the pointing sentence keeps the probe's mask ("never")."""
+    import cv2
+
+    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.findings import panel_region, share_on
+    from coreseg.metrics import dice
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+    assert predictor.model.config.box_prompt == "panel"
+    examples = Path(DEFAULT_CHECKPOINT).parent / "examples"
+    tiles = [cv2.resize(cv2.imread(str(examples / name))[:, :, ::-1], (128, 256))
+             for name in ("bus_0165-r.png", "cju2htabevq9108015qjei0x7.jpg")]
+    canvas = np.ascontiguousarray(np.concatenate(tiles, axis=1))  # 256 × 256: a breast mass left, a polyp right
+    body = ("The image is a composite of two panels: a breast ultrasound (left), a colonoscopy view (right). "
+            "A focal lesion occupies the middle portion of the view.")
+    assert predictor.model.config.box_frame == 256  # the model's box frame is the canvas's pixels
+    box = (20, 90, 100, 170)  # on the left panel, where the probe alone does not draw
+    named, plain = (predictor.model.encode_target(render_answer(text, "lesion", [box]))
+                    for text in (f"The question points to the left panel. {body}", body))
+    masks = {rule: [c.mask for c in predictor.score_completions(canvas, "Outline the lesion.", [named, plain], rule)]
+             for rule in (None, "never", "always")}
+    left = panel_region("left", canvas.shape[:2])
+    assert dice(masks[None][0], masks["always"][0]) == 1.0 and dice(masks[None][1], masks["never"][1]) == 1.0
+    assert share_on(masks[None][0], left) >= 0.8 > share_on(masks["never"][0], left), \
+        (share_on(masks[None][0], left), share_on(masks["never"][0], left))
