@@ -221,7 +221,8 @@ def test_composite_reasoning_lists_panels_in_reading_order_and_points_to_the_nam
                 seen.add(named["place"])
                 for word in ("larger", "smaller"):
                     if word in sample.question:
-                        assert f"asks for the {word} of the two breast masses, which a breast ultrasound shows" in reasoning
+                        assert (f"asks for the {word} of the two breast masses, which a breast ultrasound shows; that is "
+                                f"a breast ultrasound ({named['place']}), so it points to the {named['place']} panel.") in reasoning
                         seen.add(word)
             elif sample.targets:
                 assert "every lesion, one in each panel" in reasoning

@@ -42,11 +42,14 @@ class CompositeCase(CompositeScan):
 
     def pointing(self, way: str, named: list[int], absent_kind: str | None = None) -> str:
         """Which panel the question names, said before the lesion is described, in small steps the reasoner can
-        take one at a time: a kind is first tied to the modality that shows it, then that modality is looked up
-        in the panel list ("The question asks for a polyp, which a colonoscopy view shows; it points to the
-        upper-left panel, a colonoscopy view."); a place is copied from the question before the list
-        (`opening`); an absent kind parts from a present one only after its modality is named ("…; none of the
-        panels is a colonoscopy view."). The description and the mask that follow are about that panel."""
+        take one at a time: a kind is first tied to the modality that shows it, then that modality's entry is
+        copied from the panel list and its place repeated ("The question asks for a polyp, which a colonoscopy view
+        shows; that is a colonoscopy view (upper-left), so it points to the upper-left panel."): each step copies
+        words that stand once in the context before it, where "it points to the upper-" after the list had to pick
+        the one "upper-" of several that follows the asked modality (compact-grpo26 named the asked kind's panel in 4
+        of 25 development questions); a place is copied from the question before the list (`opening`); an absent
+        kind parts from a present one only after its modality is named ("…; none of the panels is a colonoscopy
+        view."). The description and the mask that follow are about that panel."""
         if way == "all":
             return f"The question {EVERY_LESION}, one in each panel."
         asked = absent_kind or self.tiles[named[0]]["set_name"]
@@ -57,7 +60,7 @@ class CompositeCase(CompositeScan):
         if way == "place":
             return f"The question points to the {place} panel."
         wanted = f"a {KINDS[asked][0]}" if way == "kind" else f"the {self._size_word(named[0])} of the two {KINDS[asked][1]}"
-        return f"The question asks for {wanted}, which {modality} shows; it points to the {place} panel, {modality}."
+        return f"The question asks for {wanted}, which {modality} shows; that is {modality} ({place}), so it points to the {place} panel."
 
     def opening(self, way: str, pointing: str) -> str:
         """The reasoning's first sentences: the panel list, then the pointing sentence that looks the question's
