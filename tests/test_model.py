@@ -202,3 +202,20 @@ def test_shipped_compact_model_loads_and_answers_in_format():
         assert candidate.parsed.ok, (example["file"], candidate.parsed.errors)
         assert candidate.parsed.answer.target == targets[example["modality"]], (example["file"], candidate.text)
         assert 0 < candidate.mask.sum() < 0.5 * candidate.mask.size, example["file"]
+
+
+def test_a_run_overrides_config_fields_by_name_and_type():
+    """`coreseg.config.overridden` (`coreseg.eval --set`): each value is read as its field's type; an unknown field
+    or a setting without "=" is refused, and the config given is left as it was."""
+    from coreseg.config import ModelConfig, overridden
+
+    config = ModelConfig()
+    changed = overridden(config, ["box_prompt=never", "box_writer_reach=none", "box_writer_follows_panel=false",
+                                  "box_frame=512"])
+    assert (changed.box_prompt, changed.box_writer_reach, changed.box_writer_follows_panel, changed.box_frame) == \
+        ("never", None, False, 512)
+    assert overridden(changed, ["box_writer_reach=2"]).box_writer_reach == 2  # from None: an integer
+    assert (config.box_prompt, config.box_writer_reach, config.box_writer_follows_panel) == ("panel", 1, True)
+    for bad in (["no_such_field=1"], ["box_prompt"]):
+        with pytest.raises(ValueError, match="FIELD=VALUE"):
+            overridden(config, bad)
