@@ -67,7 +67,9 @@ class CompositeCase(CompositeScan):
         kind or size up in it; a place question's pointing sentence comes first. Copying a quadrant's second word
         ("upper-left") from the question failed while the list stood between them: after "points to the upper-"
         the list offers "upper-left" and "upper-right" as much as the question does, and compact-grpo26 wrote
-        "…-right" for 31 of the 34 quadrant questions it named wrongly on the development composites."""
+        "…-right" in all 34 place questions it named wrongly on the development composites, each asked "…-left".
+        Trained on these texts (sft20 and after, README) the place questions named right rose from 78 to 95 of 112
+        on the development composites but only from 80 to 82 of 111 on the validation ones."""
         return f"{pointing} {self.panels()}" if way == "place" else f"{self.panels()} {pointing}"
 
     def named_in(self, text: str) -> list[int] | None:
