@@ -69,6 +69,7 @@ def test_the_writer_learns_the_box_of_each_bracket():
     assert min(ious) > 0.6
 
 
+@pytest.mark.slow  # the shipped model or the real encoder: the full run (CI) has it
 def test_the_predictor_writes_the_pointer_boxes(tmp_path):
     """Sampling through the predictor (the shipped model with its trained writer, saved and loaded as a checkpoint):
     each box of each candidate is the writer's box for the state at its bracket, recomputed by a teacher-forced pass
@@ -227,6 +228,7 @@ def test_a_box_goes_on_the_panel_the_reasoning_names():
     assert any(box_for(p, True) != free[0] for p in halves)
 
 
+@pytest.mark.slow  # the shipped model or the real encoder: the full run (CI) has it
 def test_where_the_reasoning_names_a_panel_the_written_box_also_prompts_the_mask():
     """`ModelConfig.box_prompt = "panel"` (the default): an answer whose reasoning names a composite's panel has its
     mask drawn with its first box beside the probe (the same mask as "always" gives it), and the box moves it onto

@@ -154,6 +154,7 @@ def test_compact_sft_step_updates_trainable_and_keeps_frozen_bitwise():
     assert not any(p.requires_grad for p in model.segmenter.image_encoder.parameters())
 
 
+@pytest.mark.slow  # the shipped model or the real encoder: the full run (CI) has it
 def test_an_image_encoded_in_training_mode_gets_its_inference_embedding():
     """LiteMedSAM's encoder has batch norms: in a model switched to training it must still encode an image as
     at inference (trainers that encode on the fly would otherwise train on other embeddings)."""
