@@ -197,8 +197,12 @@ def overridden(config, settings: list[str]):
         if not hasattr(config, name) or not _:
             raise ValueError(f"{setting!r}: expected FIELD=VALUE, FIELD a field of {type(config).__name__}")
         current = getattr(config, name)
-        if isinstance(current, bool):
+        if value.lower() == "none":
+            changes[name] = None
+        elif isinstance(current, bool):
             changes[name] = value.lower() in ("1", "true", "yes")
-        else:
-            changes[name] = None if value.lower() == "none" else type(current)(value) if current is not None else int(value)
+        elif current is not None:
+            changes[name] = type(current)(value)
+        else:  # a field now None (`box_writer_reach`): a number, or else the word
+            changes[name] = int(value) if value.lstrip("-").isdigit() else value
     return replace(config, **changes)

@@ -139,12 +139,12 @@ class CoreSegPredictor:
                 [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
         masks = self.model.decode_masks(embedding, hidden, ids, image=states)  # no <seg>: no probe, empty mask
         low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]
-        prompted = self._box_prompted(texts, box_prompt or self.model.config.box_prompt)
-        if prompted:  # those masks again, with the answer's first box beside the probe
-            pick = lambda seq: [seq[i] for i in prompted]
+        prompts = self._box_prompts(texts, (height, width), box_prompt or self.model.config.box_prompt)
+        if prompts:  # those masks again, with the answer's first box beside the probe
+            pick = lambda seq: [seq[i] for i in prompts]
             again = self.model.decode_masks(embedding, pick(hidden), pick(ids), image=None if states is None else pick(states),
-                                            boxes=self._prompt_boxes(pick(texts), (height, width)))
-            index = torch.tensor(prompted, device=low_res.device)
+                                            boxes=torch.tensor(list(prompts.values()), dtype=torch.float32, device=self.device))
+            index = torch.tensor(list(prompts), device=low_res.device)
             low_res = low_res.index_copy(0, index, again["logits"])
             scores = scores.index_copy(0, index, again["scores"])
         probe_boxes = [None] * len(ids)
@@ -172,31 +172,18 @@ class CoreSegPredictor:
         """The coordinate frames of an image of `size` (height, width) for this model."""
         return Frames.of(self.model, size)
 
-    @staticmethod
-    def _box_prompted(texts: list[str], rule: str) -> list[int]:
-        """The answers whose first box also prompts the mask: none ("never"), those whose reasoning names a
-        composite's panel ("panel": their boxes were written on it, `ModelConfig.box_writer_follows_panel`), or all
-        with a box and a `<seg>` ("always")."""
+    def _box_prompts(self, texts: list[str], size: tuple[int, int], rule: str) -> dict[int, tuple]:
+        """The answers whose first box also prompts the mask, with that box in the segmenter frame: none ("never"),
+        those whose reasoning names a composite's panel ("panel": their boxes were written on it,
+        `ModelConfig.box_writer_follows_panel`), or all with a box and a `<seg>` ("always")."""
         if rule not in ("never", "panel", "always"):
             raise ValueError(f"box_prompt is 'never', 'panel' or 'always', not {rule!r}")
-        if rule == "never":
-            return []
-        out = []
-        for i, text in enumerate(texts):
-            answer = parse_answer(text).answer
-            if answer is not None and answer.boxes and SEG_TOKEN in text and (rule == "always" or read_panel(text)):
-                out.append(i)
-        return out
-
-    def _prompt_boxes(self, texts: list[str], size: tuple[int, int]) -> torch.Tensor:
-        """Each answer's first box in the segmenter frame (the whole image when it has none)."""
-        frames = self.frames(size)
-        rows = []
-        for text in texts:
+        frames, out = self.frames(size), {}
+        for i, text in enumerate(texts if rule != "never" else []):
             answer = parse_answer(text, size).answer
-            box = answer.boxes[0] if answer and answer.boxes else frames.whole_box()
-            rows.append(frames.box(box, "image", "segmenter"))
-        return torch.tensor(rows, dtype=torch.float32, device=self.device)
+            if answer is not None and answer.boxes and SEG_TOKEN in text and (rule == "always" or read_panel(text)):
+                out[i] = frames.box(answer.boxes[0], "image", "segmenter")
+        return out
 
     def decode_text(self, ids: list[int]) -> str:
         """Generated ids → the answer text in the model's frame, cut after `</answer>`."""

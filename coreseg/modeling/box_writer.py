@@ -88,11 +88,10 @@ def panel_cells(text: str, image: ImageStates) -> torch.Tensor | None:
 
 def _clipped(box: torch.Tensor, cells: torch.Tensor, image: ImageStates) -> torch.Tensor:
     """A normalised box cut to the rectangle the given cells span."""
-    grid = cells.reshape(image.rows, image.cols)
-    rows, cols = grid.any(dim=1).nonzero().flatten(), grid.any(dim=0).nonzero().flatten()
-    low = torch.tensor([cols.min() / image.cols, rows.min() / image.rows], dtype=box.dtype, device=box.device)
-    high = torch.tensor([(cols.max() + 1) / image.cols, (rows.max() + 1) / image.rows], dtype=box.dtype,
-                        device=box.device)
+    rows, cols = cells.reshape(image.rows, image.cols).nonzero(as_tuple=True)
+    scale = box.new_tensor([image.cols, image.rows])
+    low = torch.stack([cols.min(), rows.min()]).to(box) / scale
+    high = torch.stack([cols.max(), rows.max()]).to(box).add(1) / scale
     return torch.cat([torch.maximum(box[:2], low), torch.minimum(box[2:], high)])
 
 
