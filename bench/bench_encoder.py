@@ -219,13 +219,6 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
     used = predictor.model.segmenter.use_encoder_backend(best, args.threads)
     entry = images[0]
     image = entry["image"]
-    encode = []
-    for k in range(max(2, args.repeats)):
-        variant = image.copy()
-        variant[0, 0, 0] ^= k + 1          # other pixels: a cache miss, so a real encode
-        t = time.perf_counter()
-        predictor.embedding(variant)
-        encode.append(time.perf_counter() - t)
     predictor.embedding(image)
     four = []
     for k in range(max(2, args.repeats)):
@@ -242,12 +235,23 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
     reasoner.drafter = shipped_drafts
     candidate = predictor.predict(image, QUESTION, 1, temperature=0.0)[0]
     x1, y1, x2, y2 = entry["box"]
-    refine = []
-    for k in range(max(20, 4 * args.repeats)):  # a click is ~30 ms: many, so the median holds against a busy minute
-        click = ((x1 + x2) / 2 + k % 5, (y1 + y2) / 2, 1)
+    encode, refine, click_ratios = [], [], []
+    for k in range(max(5, args.repeats)):
+        # interleaved: each encode (another pixel: a cache miss) is followed by 5 clicks on the cached image, and
+        # the ratio is taken per round, so a busy minute slows both sides of the ratio it enters
+        variant = image.copy()
+        variant[0, 0, 0] ^= k + 1
         t = time.perf_counter()
-        predictor.refine(image, candidate, [click])
-        refine.append(time.perf_counter() - t)
+        predictor.embedding(variant)
+        encode.append(time.perf_counter() - t)
+        clicks = []
+        for j in range(5):
+            click = ((x1 + x2) / 2 + j, (y1 + y2) / 2, 1)
+            t = time.perf_counter()
+            predictor.refine(image, candidate, [click])
+            clicks.append(time.perf_counter() - t)
+        refine += clicks
+        click_ratios.append(statistics.median(clicks) / encode[-1])
     upstream, ours = decoder_pass(predictor, embedding, candidate, max(5, args.repeats))
     enc, ref, cand = (statistics.median(v) for v in (encode, refine, four))
     log(f"ratios: encode {enc:.2f} s, refine {ref * 1000:.0f} ms, 4 candidates {cand:.2f} s")
@@ -262,7 +266,9 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         per_minute = 60 * len(images) / (time.perf_counter() - start)
     return [
         ("encode (shipped model, cache miss)", f"{enc:.2f} s", "—"),
-        ("click refinement / encode", f"{ref / enc:.3f} ({ref * 1000:.0f} ms)", "≤ 0.05"),
+        ("click refinement / encode (median of rounds: encode, then 5 clicks)",
+         f"{statistics.median(click_ratios):.3f} ({ref * 1000:.0f} ms; rounds {min(click_ratios):.3f}–"
+         f"{max(click_ratios):.3f})", "≤ 0.05"),
         ("4 candidates / encode", f"{cand / enc:.2f} ({cand:.2f} s)", "≤ 1"),
         *((f"  of which sampling the 4 answers, {label}", f"{seconds:.2f} s ({tokens:.0f} tokens a row, {passes:.0f} "
            f"passes, {1000 * seconds / passes:.1f} ms a pass)", "—") for label, (seconds, tokens, passes) in sampling.items()),

@@ -8,7 +8,10 @@ on a composite without one must be answered `No pigmented skin lesion is visible
 
 A composite is a `CANVAS` × `CANVAS` frame of 1 × 2, 2 × 1 or 2 × 2 cells; each tile keeps its aspect
 ratio, centred on black. Plans are drawn deterministically from a split (so training
-(`trainers.composites`) and evaluation (`coreseg.eval --composites`) rebuild the same scans), and a
+(`trainers.composites`) and evaluation (`coreseg.eval --composites`) rebuild the same scans); the `dev`
+split's tiles are the development images alone (`coreseg.datasets.development_items`), and trainers drop
+every training composite that holds one (`holds_any`), so checkpoints are chosen on composites of images no
+trainer has seen, as the validation composites are. A
 cached composite keeps its embedding and its tiles' masks on the aspect-preserving thumbnail; the
 target of a question is built when the question is drawn.
 """
@@ -25,7 +28,8 @@ import cv2
 import numpy as np
 import torch
 
-from coreseg.datasets import LabelledImage, read_image, read_mask
+from coreseg.datasets import (DEV_EVERY, LabelledImage, development_items, load_split, read_image, read_mask,
+                              resolve_data_dir, set_info)
 from coreseg.geometry import mask_to_low_res
 from coreseg.lesion_facts import thumbnail
 from coreseg.questions import KINDS, all_question, kind_question, place_question, size_question
@@ -34,7 +38,7 @@ CANVAS = 512
 PLACES = {(1, 2): ["left", "right"], (2, 1): ["upper", "lower"],
           (2, 2): ["upper-left", "upper-right", "lower-left", "lower-right"]}
 SIZE_RATIO = 1.5  # "the larger of the two" is only asked when the areas differ by this factor
-PLAN_SEED = {"train": 0, "val": 1}
+PLAN_SEED = {"train": 0, "val": 1, "dev": 2}
 
 
 @dataclass
@@ -92,6 +96,22 @@ class CompositePlan:
         """The canvas and the tiles' masks at full size (reads the images)."""
         return build_composite([read_image(i) for i in self.items], [read_mask(i) for i in self.items],
                                self.layout, self.cells)
+
+
+def split_pools(data_dir, split: str, every: int = DEV_EVERY) -> dict[str, list[LabelledImage]]:
+    """The images a split's composites are drawn from, per set present under `data_dir`: `dev` is the training
+    split's held-out images (`development_items`)."""
+    root = resolve_data_dir(data_dir)
+    sets = [s for s in KINDS if (root / set_info(s).folder).is_dir()]
+    if split == "dev":
+        held = development_items(data_dir, sets, every)
+        return {s: [i for i in held if i.set_name == s] for s in sets}
+    return {s: load_split(data_dir, s, split) for s in sets}
+
+
+def holds_any(tiles: list[dict], images: set[tuple[str, str]]) -> bool:
+    """Whether a composite's tiles include one of `images` ((set, image id) pairs)."""
+    return any((t["set_name"], t["image_id"]) in images for t in tiles)
 
 
 def plan_composites(pools: dict[str, list[LabelledImage]], count: int, seed: int = 0) -> list[CompositePlan]:

@@ -23,8 +23,8 @@ questions; and the counterfactual: Dice between the masks of two questions about
 image (near 0 when the mask follows the question, near 1 when it ignores it); and the same on the text: another
 tile's answer forced under a place question, does the mask follow the reasoning or the question? `--candidates K`
 samples K answers (T = 0.7) per composite and reports their mean pairwise mask Dice. With `--split dev` the
-composites are the training composites the trainers hold out (`development_plans`): checkpoints are chosen on
-those and the development images, never on the validation split. Empty-target rule:
+composites are made of the development images alone, which no trainer sees (`coreseg.composites.split_pools`):
+checkpoints are chosen on those and the development images, never on the validation split. Empty-target rule:
 `coreseg.metrics`.
 """
 from __future__ import annotations
@@ -42,9 +42,9 @@ from tqdm import tqdm
 
 from coreseg.allocator import keep_freed_memory
 from coreseg.answer import parse_answer
-from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_composite, plan_composites
+from coreseg.composites import PLAN_SEED, CompositeScan, composite_path, load_composite, plan_composites, split_pools
 from coreseg.config import SegmenterConfig
-from coreseg.datasets import (LabelledImage, development_items, held_out, load_folder, load_split, read_image,
+from coreseg.datasets import (LabelledImage, development_items, load_folder, load_split, read_image,
                               read_mask)
 from coreseg.embedding_cache import pixel_key
 from coreseg.findings import (PANEL_SHARE, VOCAB, birads_impression, check_answer, check_statements, claim_agreement,
@@ -283,12 +283,9 @@ def _question_row(kind: str, mask: np.ndarray, target: np.ndarray, region: np.nd
 def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, count: int,
                         cache_dir: str | None = None, candidates: int = 0, probe: np.ndarray | None = None,
                         keep_images: int = 0) -> tuple[list[dict], list[dict]]:
-    """Referring / absent questions on `count` composites of a split (`dev`: the training composites the trainers
-    hold out, `development_plans`): (records, examples)."""
-    if split == "dev":
-        plans, split = development_plans(data_dir, count), "train"
-    else:
-        plans = plan_composites({s: load_split(data_dir, s, split) for s in KINDS}, count, seed=PLAN_SEED.get(split, 1))
+    """Referring / absent questions on `count` composites of a split (`dev`: of the development images,
+    `coreseg.composites.split_pools`): (records, examples)."""
+    plans = plan_composites(split_pools(data_dir, split), count, seed=PLAN_SEED.get(split, 1))
     records, examples = [], []
     for plan in tqdm(plans, desc="composites"):
         canvas, full_masks = plan.render()
@@ -333,15 +330,6 @@ def evaluate_composites(predictor: CoreSegPredictor, data_dir: str, split: str, 
             records.append({"composite": plan.key, "method": "candidates", "pairwise_dice": float(np.mean(pairs)),
                             "texts_differ": len({c.text for c in group})})
     return records, examples
-
-
-def development_plans(data_dir: str, count: int, pool: int = 800) -> list:
-    """The development composites: of the first `pool` training composites, every `DEV_EVERY`-th by key, as the
-    trainers hold them out with `--composites 800` (`coreseg.datasets.held_out` over the cache sorted by key).
-    Checkpoints are chosen on these, never on the validation composites."""
-    plans = plan_composites({s: load_split(data_dir, s, "train") for s in KINDS}, pool, seed=PLAN_SEED["train"])
-    kept = {p.key for p in held_out(sorted(plans, key=lambda p: p.key))[1]}
-    return [p for p in plans if p.key in kept][:count]
 
 
 def follows_reasoning(text: str, mask: np.ndarray) -> dict:

@@ -399,3 +399,30 @@ def test_the_eval_text_swap_tells_a_mask_that_follows_the_reasoning_from_one_tha
     assert len(follower) == len(stayer) == 3  # every pair of the three tiles
     assert all(r["follows_text"] and not r["stays_with_question"] for r in follower)
     assert all(r["stays_with_question"] and not r["follows_text"] for r in stayer)
+
+
+def test_development_composites_hold_only_held_out_images_and_training_composites_none(tmp_path):
+    """The `dev` composites that choose checkpoints are drawn from the development images alone, and the trainers
+    drop every cached training composite that holds one: no trainer sees a tile of a development composite."""
+    from fake_data import make_busbra
+
+    from coreseg.composites import PLAN_SEED, composite_path, save_composite, split_pools
+    from coreseg.datasets import development_items
+    from trainers.composites import training_composites
+
+    data = make_busbra(tmp_path / "data", n=60)          # 45 training images, every 20th held out: 2
+    dev_pools, train_pools = split_pools(data, "dev"), split_pools(data, "train")
+    held = {(i.set_name, i.image_id) for i in development_items(data, ["busbra"])}
+    assert len(held) == 2 and {(i.set_name, i.image_id) for i in dev_pools["busbra"]} == held
+    for plan in plan_composites(dev_pools, 4, seed=PLAN_SEED["dev"]):
+        assert {(i.set_name, i.image_id) for i in plan.items} <= held
+    cache = tmp_path / "cache"
+    plans = plan_composites(train_pools, 40, seed=PLAN_SEED["train"])
+    for plan in plans:
+        canvas, masks = plan.render()
+        save_composite(composite_path(cache, "train", plan.key), plan, canvas, masks, torch.zeros(1, 256, 64, 64))
+    holding = {p.key for p in plans if {(i.set_name, i.image_id) for i in p.items} & held}
+    kept = training_composites(cache, data, 40)
+    assert holding and len(kept) == len({p.key for p in plans}) - len(holding)
+    assert not {c.key for c in kept} & holding
+    assert all((t["set_name"], t["image_id"]) not in held for c in kept for t in c.tiles)

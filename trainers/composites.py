@@ -3,7 +3,8 @@
     python -m trainers.composites --data ../shared/data --out ~/.cache/coreseg/features --split train --count 500
 
 encodes the composites of a split once (resumable, next to the single-image features); SFT and GRPO mix
-them in with `--composites N`.
+them in with `--composites N` (`training_composites`), and SFT and the box writer report on the `dev` split's
+(`--split dev --count 40`: composites of the development images alone).
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import torch
 from tqdm import tqdm
 
 from coreseg.answer import render_answer
-from coreseg.composites import (PLAN_SEED, CompositeScan, composite_path, load_composites, plan_composites,
-                                save_composite)
-from coreseg.datasets import load_split
+from coreseg.composites import (PLAN_SEED, CompositeScan, composite_path, holds_any, load_composites,
+                                plan_composites, save_composite, split_pools)
+from coreseg.datasets import DEV_EVERY
 from coreseg.findings import number_words, read_panel
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion
@@ -118,6 +119,13 @@ def load_composite_cases(cache_dir, split: str, limit: int | None = None) -> lis
     return load_composites(cache_dir, split, limit, cls=CompositeCase)
 
 
+def training_composites(cache_dir, data_dir, count: int, every: int = DEV_EVERY) -> list[CompositeCase]:
+    """Of the first `count` cached training composites (by key), those without a development image: the `dev`
+    composites (`python -m trainers.composites --split dev`) are made of those images, and stay unseen."""
+    held = {(i.set_name, i.image_id) for pool in split_pools(data_dir, "dev", every).values() for i in pool}
+    return [c for c in load_composite_cases(cache_dir, "train", count) if not holds_any(c.tiles, held)]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -131,8 +139,7 @@ def main(argv=None) -> None:
     from coreseg.modeling.segmenter import Segmenter
 
     torch.set_num_threads(args.threads)
-    pools = {s: load_split(args.data, s, args.split) for s in KINDS}
-    plans = plan_composites(pools, args.count, seed=PLAN_SEED[args.split])
+    plans = plan_composites(split_pools(args.data, args.split), args.count, seed=PLAN_SEED[args.split])
     todo = [p for p in plans if not composite_path(Path(args.out), args.split, p.key).exists()]
     segmenter = Segmenter(SegmenterConfig()).eval()
     print(f"encoder backend: {segmenter.use_encoder_backend(args.encoder_backend, args.threads)}")

@@ -150,10 +150,10 @@ def main(argv=None) -> None:
     full = model.config.reasoner.kind != "compact"  # Qwen reads the image itself
     cases, _ = held_out(load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit, with_images=full),
                         args.dev_every)
-    if args.composites:  # held out apart from the single scans, as SFT holds them out
-        from trainers.composites import load_composite_cases
+    if args.composites:  # without the development images, as SFT holds them out
+        from trainers.composites import training_composites
 
-        cases += held_out(load_composite_cases(args.cache, "train", args.composites), args.dev_every)[0]
+        cases += training_composites(args.cache, args.data, args.composites, args.dev_every)
     if not cases:
         raise SystemExit(f"no training images under {args.data}" + (f" with features in {args.cache}" if args.cache
                                                                      else ""))
