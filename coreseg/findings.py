@@ -245,14 +245,34 @@ class Finding:
 
 BOX_AGREES_IOU = 0.5
 PANEL_SHARE = 0.8  # a mask "is on" a panel when this share of it lies there (also the referring accuracy's rule)
-_PANEL = re.compile(r"\bpoints to the (upper-left|upper-right|lower-left|lower-right|left|right|upper|lower) panel\b",
-                    re.I)
+PLACE_WORDS = "upper-left|upper-right|lower-left|lower-right|left|right|upper|lower"   # a composite's panels
+MODALITY_WORDS = {"busbra": "a breast ultrasound", "kvasir": "a colonoscopy view", "ph2": "a dermoscopy image"}
+POINTING = "points to the"   # the words before the panel a composite's reasoning picks
+_PANEL = re.compile(rf"\b{POINTING} ({PLACE_WORDS}) panel\b", re.I)
+_PLACE = re.compile(rf"\b({PLACE_WORDS})\b", re.I)
+_MODALITY = "|".join(MODALITY_WORDS.values())
+_LISTED = re.compile(rf"({_MODALITY}) \(({PLACE_WORDS})\)")
+_ASKED = re.compile(rf"which ({_MODALITY}) shows")
 
 
 def read_panel(text: str) -> str | None:
     """The panel a composite's reasoning says the question points to ("upper-left", "right", …), or None."""
     match = _PANEL.search(text or "")
     return match.group(1).lower() if match else None
+
+
+def lookup_places(question: str, text: str) -> list[str]:
+    """The panels a composite's reasoning (`text`, the words so far) may point to next: the place its question
+    names ("Segment the lesion in the upper-left part …"), else the places its own panel list gives the modality it
+    said the question asks for ("… which a colonoscopy view shows; …"); [] where neither is written. The rule `coreseg.modeling.panel_lookup` holds the reasoning to: a copy of what the question and the
+    reasoning's own reading of the image already said (only a composite's reasoning writes "points to the")."""
+    place = _PLACE.search(question or "")
+    if place is not None:
+        return [place.group(1).lower()]
+    asked = _ASKED.findall(text)
+    if not asked:
+        return []
+    return list(dict.fromkeys(p.lower() for m, p in _LISTED.findall(text) if m == asked[-1]))
 
 
 def panel_region(place: str, shape: tuple[int, int]) -> np.ndarray:

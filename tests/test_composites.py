@@ -426,3 +426,35 @@ def test_development_composites_hold_only_held_out_images_and_training_composite
     assert holding and len(kept) == len({p.key for p in plans}) - len(holding)
     assert not {c.key for c in kept} & holding
     assert all((t["set_name"], t["image_id"]) not in held for c in kept for t in c.tiles)
+
+
+def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_asked_modality():
+    """After "points to the", the lookup writes the place the question names, else the one place the reasoning's
+    own panel list gives the modality it says is asked; two such places (a size question), none, or no panel list
+    (a single scan) leave the choice to the reasoner. Tokens from the shipped tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.findings import lookup_places
+    from coreseg.modeling.panel_lookup import PanelLookup
+
+    listed = ("<think> The image is a composite of three panels: a breast ultrasound (upper-left), a colonoscopy view "
+              "(upper-right), a breast ultrasound (lower-left).")
+    kind = f"{listed} The question asks for a polyp, which a colonoscopy view shows; it points to the"
+    size = f"{listed} The question asks for the larger of the two breast masses, which a breast ultrasound shows; it points to the"
+    assert lookup_places("Outline the polyp.", kind) == ["upper-right"]
+    assert lookup_places("Outline the larger of the two breast masses.", size) == ["upper-left", "lower-left"]
+    assert lookup_places("Segment the lesion in the lower-left part of the image.", f"{listed} The question points to the") \
+        == ["lower-left"]
+    assert lookup_places("Outline the finding in the left panel.", "<think> The question points to the") == ["left"]
+    assert lookup_places("Outline the polyp.", "<think> It asks for a polyp, which a colonoscopy view shows; it "
+                                                "points to the") == []                       # no panel list
+    assert lookup_places("Outline the polyp.", f"{listed} it points to the") == []        # no asked modality
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(Path(DEFAULT_CHECKPOINT) / "tokenizer"))
+    lookup = PanelLookup(tokenizer, "Outline the polyp.")
+    ids = tokenizer.encode(kind)
+    assert lookup.opens(ids) and not lookup.opens(ids[:-1])
+    assert tokenizer.decode(lookup.tokens(ids)) == " upper-right"
+    assert tokenizer.decode(ids + lookup.tokens(ids)).endswith("points to the upper-right")
+    assert lookup.cut(ids[:-3], ids[-3:] + tokenizer.encode(" lower-left panel")) == ids[-3:]   # guesses stop there
+    assert PanelLookup(tokenizer, "Outline the larger of the two breast masses.").tokens(tokenizer.encode(size)) == []

@@ -128,7 +128,7 @@ def test_crash_mid_round_then_resume_gives_one_version(loop, tmp_path):
     work = tmp_path / "db.sqlite"
     FeedbackStore(db).backup(work)
     out = tmp_path / "crash"
-    cmd = [sys.executable, "-m", "trainers.grpo", *_args(work, base, out, "--rounds", "1", "--steps", "6",
+    cmd = [sys.executable, "-m", "trainers.grpo", *_args(work, base, out, "--rounds", "1", "--steps", "3",
                                                           "--save-every", "1", "--version", "crash-v")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -277,3 +277,57 @@ def test_written_boxes_are_fed_and_the_model_goes_on_after_them(guessing):
                 k += 1
         assert np.allclose(row_logps, expected.numpy(), atol=1e-4)
     assert written >= 2
+
+
+class _AfterFiveLooksUp:
+    """A panel lookup's hook for a bare LM: a token divisible by 5 (not the stop token 0) ends the trigger; the
+    lookup writes 31 32 after it."""
+
+    WRITTEN = [31, 32]
+
+    def opens(self, ids):
+        return bool(ids) and ids[-1] % 5 == 0 and ids[-1] != 0
+
+    def cut(self, ids, guesses):
+        from coreseg.modeling.panel_lookup import PanelLookup
+
+        return PanelLookup.cut(self, ids, guesses)
+
+    def tokens(self, ids):
+        assert self.opens(ids)
+        return list(self.WRITTEN)
+
+
+@pytest.mark.parametrize("guessing", [False, True])
+def test_a_looked_up_panel_is_fed_after_its_trigger_and_the_model_goes_on_freely(guessing):
+    """After each trigger the lookup's tokens follow (flagged, with the model's own log-probabilities), and every
+    other token, the one right after them included (no closing rule, unlike a written box), is the greedy argmax
+    of the transformers forward of the whole sequence."""
+    from coreseg.modeling.sampling import sample_tokens
+
+    lm = tiny_lm(50, seed=3)
+    prompt = torch.randn(4, 32, generator=torch.Generator().manual_seed(123))
+    drafter = None
+    if guessing:  # guesses that run past triggers: none may be accepted past one
+        drafter = NgramDrafter(order=2)
+        drafter.learn(_sample(lm, 1, None, 0.0, max_new=40)[0][0])
+    lookup = _AfterFiveLooksUp()
+    decoder = KVDecoder(lm, 2, 4 + 40 + DRAFT_LENGTH)
+    with torch.no_grad():
+        ids, logps, _, forced = sample_tokens(decoder, decoder.prefill(prompt), [0], 40, 0.0, 1.0,
+                                              torch.Generator().manual_seed(0), drafter, lookup=lookup)
+    looked_up = 0
+    for row, flags, row_logps in zip(ids, forced, logps):
+        with torch.no_grad():
+            logits = lm(inputs_embeds=torch.cat([prompt, lm.model.embed_tokens(torch.tensor(row))])[None]).logits[
+                0, prompt.shape[0] - 1:-1]
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(row)[:, None]).squeeze(-1)
+        for k, token in enumerate(row):
+            if k and lookup.opens(row[:k]):
+                n = min(2, len(row) - k)
+                assert row[k:k + n] == lookup.WRITTEN[:n] and all(flags[k:k + n]), k
+                looked_up += 1
+            elif not (k > 1 and lookup.opens(row[:k - 1]) and row[k - 1] == 31):
+                assert not flags[k] and token == int(logits[k].argmax()), k
+        assert np.allclose(row_logps, expected.numpy(), atol=1e-4)
+    assert looked_up >= 2

@@ -15,7 +15,7 @@ import pytest
 import store_demo as demo
 from annotation.store import FeedbackStore, StoreBusy
 
-STRESS_SECONDS = float(os.environ.get("CORESEG_STRESS_SECONDS", "30"))
+STRESS_SECONDS = float(os.environ.get("CORESEG_STRESS_SECONDS", "20"))
 WRITERS = 8
 
 

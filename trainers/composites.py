@@ -19,14 +19,13 @@ from coreseg.answer import render_answer
 from coreseg.composites import (PLAN_SEED, CompositeScan, composite_path, holds_any, load_composites,
                                 plan_composites, save_composite, split_pools)
 from coreseg.datasets import DEV_EVERY
-from coreseg.findings import number_words, read_panel
+from coreseg.findings import MODALITY_WORDS, number_words, read_panel
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion
 from coreseg.questions import KINDS
 from trainers.reasoning import MODALITY_OF, build_reasoning, describe_absence
 from trainers.samples import Sample
 
-MODALITY_WORDS = {"busbra": "a breast ultrasound", "kvasir": "a colonoscopy view", "ph2": "a dermoscopy image"}
 EVERY_LESION = "asks for every lesion"   # the pointing sentences' words that `named_in` reads back
 NO_PANEL = "none of the panels is"
 

@@ -87,10 +87,10 @@ class CompactReasoner(nn.Module):
 
     @torch.no_grad()
     def sample(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
-               top_p: float, generator: torch.Generator, writer=None) -> Sampled:
+               top_p: float, generator: torch.Generator, writer=None, lookup=None) -> Sampled:
         """Sample `n` completions as one batch, keeping the states the adapter and the box pointer read.
         `writer`: (image states, embedding) → the box writer's sampling hook (`CoreSeg.box_writing`), or None (boxes
-        spelt by the reasoner)."""
+        spelt by the reasoner); `lookup`: the panel lookup for this question (`CoreSeg.panel_lookup`), or None."""
         prompt = self._prompt_embeds(embedding, [question])[0]
         decoder = KVDecoder(self.lm, n, prompt.shape[0] + self.cfg.max_new_tokens + DRAFT_LENGTH)
         first_logits = decoder.prefill(prompt)
@@ -98,7 +98,7 @@ class CompactReasoner(nn.Module):
         image_states = ImageStates(decoder.prompt_states[first:first + grid * grid], grid, grid)
         hook = None if writer is None else writer(image_states, embedding)
         ids, logps, states, _ = sample_tokens(decoder, first_logits, self.stop_ids, self.cfg.max_new_tokens,
-                                              temperature, top_p, generator, self.drafter, writer=hook)
+                                              temperature, top_p, generator, self.drafter, writer=hook, lookup=lookup)
         return Sampled(ids, logps, states, [image_states] * n)
 
     def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,

@@ -19,6 +19,7 @@ from coreseg.metrics import mask_box
 from coreseg.modeling.box_pointer import BoxPointer, ImageStates
 from coreseg.modeling.box_writer import Brackets, BoxWriting
 from coreseg.modeling.losses import box_loss, dice_ce_loss, pointer_loss, token_cross_entropy
+from coreseg.modeling.panel_lookup import PanelLookup
 from coreseg.modeling.prompt_adapter import SemanticPromptAdapter
 from coreseg.modeling.segmenter import Segmenter
 
@@ -88,6 +89,13 @@ class CoreSeg(nn.Module):
         if self.box_writer is None and self.adapter.pointer is not None:
             grown.box_writer.load_state_dict(self.adapter.pointer.state_dict(), strict=False)
         return grown.to(next(self.parameters()).device)
+
+    def panel_lookup(self, question: str) -> PanelLookup | None:
+        """The sampling hook that copies a composite's panel after "points to the" (`ModelConfig.panel_lookup`; the
+        compact reasoner only)."""
+        if not self.config.panel_lookup or self.config.profile != "compact":
+            return None
+        return PanelLookup(self.reasoner.tokenizer, question)
 
     def box_writing(self, image: ImageStates, embedding: torch.Tensor) -> BoxWriting | None:
         """The sampling hook that writes answer boxes for one image (its reasoner states and its embedding,

@@ -136,11 +136,11 @@ class QwenReasoner(nn.Module):
         return logits, hidden, image
 
     def sample(self, image: np.ndarray, embedding: torch.Tensor | None, question: str, n: int, temperature: float,
-               top_p: float, generator: torch.Generator, writer=None) -> Sampled:
+               top_p: float, generator: torch.Generator, writer=None, lookup=None) -> Sampled:
         """`generate`'s completions; transformers' generate keeps no states, so a teacher-forced pass computes them
-        (and no box writer can read them while sampling: the full profile spells its boxes)."""
-        if writer is not None:
-            raise NotImplementedError("the box writer samples with the compact reasoner only")
+        (and no box writer can read them while sampling: the full profile spells its boxes; nor a panel lookup)."""
+        if writer is not None or lookup is not None:
+            raise NotImplementedError("the box writer and the panel lookup sample with the compact reasoner only")
         return Sampled(*self.generate(image, embedding, question, n, temperature, top_p, generator))
 
     @torch.no_grad()

@@ -78,7 +78,7 @@ def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
 
 def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_new_tokens: int, temperature: float,
                   top_p: float, generator: torch.Generator, drafter=None, draft_length: int = DRAFT_LENGTH,
-                  writer=None):
+                  writer=None, lookup=None):
     """Sample from `first_logits` (rows × V, after `decoder.prefill`) on, until every row wrote a stop token or
     `max_new_tokens`. Returns token ids, their log-probabilities under the sampling distribution, and each row's
     last-layer states at the tokens it fed (T_i × H: all but, at times, the final token). The decoder holds the
@@ -96,8 +96,10 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     are fed as sure guesses (all accepted, at most `draft_length` a pass), with the model's own log-probabilities
     (softmax of the logits: a written token need not lie in the nucleus). After the last one the model draws the
     token that closes the box from the tempered softmax renormalised over `writer.closers`; its log-probability is
-    the unrestricted tempered softmax's, finite for GRPO's ratio. Returns also, per row and token, whether the
-    writer wrote it."""
+    the unrestricted tempered softmax's, finite for GRPO's ratio. With a `lookup`
+    (`coreseg.modeling.panel_lookup.PanelLookup`), where a row's kept tokens end with "points to the" the panel it
+    looks up is fed the same way (no closing rule after it). Returns also, per row and token, whether the writer or
+    the lookup wrote it."""
     rows = first_logits.shape[0]
     device = first_logits.device
     greedy = temperature <= 0
@@ -106,7 +108,8 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     ids = [[t] for t in token.tolist()]
     logps = [[p] for p in logp.tolist()]
     forced = [[False] for _ in range(rows)]
-    queue: list[list[int]] = [[] for _ in range(rows)]  # the writer's tokens not yet emitted
+    queue: list[list[int]] = [[] for _ in range(rows)]  # the writer's (or the lookup's) tokens not yet emitted
+    boxing = [False] * rows                               # whether a row's queue is the writer's (a box to close)
     states: list[list[torch.Tensor]] = [[] for _ in range(rows)]
     done = [t in stop or max_new_tokens <= 1 for t in token.tolist()]
     while not all(done):
@@ -117,11 +120,12 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
                 drafts.append([])
             elif queue[r]:
                 drafts.append(queue[r][:room])
-            elif writer is not None and writer.opens_box(ids[r]):
+            elif writer is not None and writer.opens_box(ids[r]) or lookup is not None and lookup.opens(ids[r]):
                 drafts.append([])   # the box is written from this bracket's state, computed in this pass
             elif drafter is not None:
                 guesses = drafter.draft(ids[r], room)
-                drafts.append(guesses if writer is None else writer.cut(ids[r], guesses))
+                guesses = guesses if writer is None else writer.cut(ids[r], guesses)
+                drafts.append(guesses if lookup is None else lookup.cut(ids[r], guesses))
             else:
                 drafts.append([])
         sure = [bool(queue[r]) for r in range(rows)]
@@ -145,7 +149,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
                 if sure[r]:
                     accepted[r] = len(drafts[r])
         at = log_probs[torch.arange(rows, device=device), accepted]   # where the next token is drawn: rows × V
-        closing = [r for r in range(rows) if sure[r] and len(queue[r]) <= len(drafts[r])]
+        closing = [r for r in range(rows) if sure[r] and boxing[r] and len(queue[r]) <= len(drafts[r])]
         if closing:  # after the writer's last coordinate the model closes the box: "]]." or "], [" for another
             step = logits[closing, accepted[closing]].float()
             step = torch.log_softmax(step / temperature if temperature > 0 else step, dim=-1)  # tempered, no nucleus
@@ -178,6 +182,9 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
                 new_logps[:a] = plain.gather(-1, fed[r, 1:1 + a, None]).squeeze(-1).tolist()
             elif writer is not None and writer.opens_box(ids[r] + drafts[r][:a]):
                 queue[r] = writer.write(hidden[r, a], torch.cat(states[r] + [hidden[r, :a + 1]]), ids[r] + drafts[r][:a])
+                boxing[r] = True
+            elif lookup is not None and lookup.opens(ids[r] + drafts[r][:a]):
+                queue[r], boxing[r] = lookup.tokens(ids[r] + drafts[r][:a]), False
             if queue[r]:  # the writer's next token instead of the drawn one
                 new[-1] = queue[r].pop(0)
                 new_logps[-1] = float(torch.log_softmax(logits[r, a].float(), dim=-1)[new[-1]])

@@ -1,0 +1,41 @@
+"""The panel lookup: where a composite's reasoning writes "… points to the", the panel is copied, not guessed.
+
+compact-grpo26-reader lists a composite's panels ("a breast ultrasound (upper-left), a colonoscopy view
+(lower-right)") and says which modality the question asks for, yet then points to a panel of its own: on the 40
+validation composites it named the asked kind's panel in 7 of 24 kind questions (the "lower-right" one in 14), and
+in all 31 place questions it named wrongly it wrote "…-right" where the question said "…-left". Where the question names a place, or the reasoning's own list gives the asked
+modality exactly one place (`coreseg.findings.lookup_places`), the sampler writes that place's tokens after "points
+to the" (fed as sure tokens, as the box writer's coordinates are); where the list gives two (the larger or smaller
+of two of a kind) or none, the reasoner chooses. What it copies is the reasoner's: its reading of the image (the
+list) and of the question (the modality). `ModelConfig.panel_lookup` turns it on for serving; GRPO samples without
+it.
+"""
+from __future__ import annotations
+
+from coreseg.findings import POINTING, lookup_places
+
+
+class PanelLookup:
+    """The sampler's hook for one question (`coreseg.modeling.sampling.sample_tokens(lookup=)`)."""
+
+    def __init__(self, tokenizer, question: str):
+        self.tokenizer = tokenizer
+        self.question = question
+        self.trigger = tokenizer.encode(f" {POINTING}")
+
+    def opens(self, ids: list[int]) -> bool:
+        """Whether a completion's tokens end with the words after which a panel is named."""
+        n = len(self.trigger)
+        return len(ids) >= n and ids[-n:] == self.trigger
+
+    def cut(self, ids: list[int], guesses: list[int]) -> list[int]:
+        """Guessed tokens up to the end of the trigger: the panel after it is the lookup's, not a guess."""
+        for j in range(len(guesses)):
+            if self.opens(ids + guesses[:j + 1]):
+                return guesses[:j + 1]
+        return guesses
+
+    def tokens(self, ids: list[int]) -> list[int]:
+        """The panel's tokens to write after `ids` (which end with the trigger): [] unless exactly one is looked up."""
+        places = lookup_places(self.question, self.tokenizer.decode(ids, skip_special_tokens=False))
+        return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
