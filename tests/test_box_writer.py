@@ -260,3 +260,41 @@ def test_where_the_reasoning_names_a_panel_the_written_box_also_prompts_the_mask
     assert dice(masks[None][0], masks["always"][0]) == 1.0 and dice(masks[None][1], masks["never"][1]) == 1.0
     assert share_on(masks[None][0], left) >= 0.8 > share_on(masks["never"][0], left), \
         (share_on(masks[None][0], left), share_on(masks["never"][0], left))
+
+
+@pytest.mark.slow  # the shipped model
+def test_with_the_panel_lookup_the_shipped_model_points_where_its_question_and_its_own_list_say():
+    """`ModelConfig.panel_lookup`: on a two-panel composite (a breast mass left, a polyp right) every sampled answer to a
+    kind question points to the panel its own list gives that kind's modality, and to a place question the panel the
+    question names; the masks follow onto that panel."""
+    import dataclasses
+    import re
+
+    import cv2
+
+    from coreseg.composites import build_composite
+    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.findings import MODALITY_WORDS, panel_region, read_panel, share_on
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+    predictor.model.config = dataclasses.replace(predictor.model.config, panel_lookup=True)
+    examples = Path(DEFAULT_CHECKPOINT).parent / "examples"
+    tiles = [cv2.imread(str(examples / name))[:, :, ::-1] for name in ("bus_0165-r.png", "cju2htabevq9108015qjei0x7.jpg")]
+    canvas, _ = build_composite(tiles, [np.zeros(t.shape[:2], bool) for t in tiles], (1, 2), [0, 1])  # as trained
+    asked = {"Outline the breast mass.": MODALITY_WORDS["busbra"], "Outline the polyp.": MODALITY_WORDS["kvasir"],
+             "Segment the lesion in the left part of the image.": None}
+    on_panel = []
+    for question, modality in asked.items():
+        for candidate in predictor.predict(canvas, question, n_candidates=3, temperature=0.7, seed=2):
+            place = read_panel(candidate.text)
+            assert place is not None, candidate.text[:300]
+            if modality is None:
+                assert place == "left", candidate.text[:300]
+            else:
+                listed = [p for m, p in re.findall(r"(a [a-z ]+?) \((left|right)\)", candidate.text)
+                          if m == modality]
+                assert len(listed) == 1 and place == listed[0], candidate.text[:300]
+            on_panel.append(share_on(candidate.mask, panel_region(place, canvas.shape[:2])) >= 0.8)
+    assert np.mean(on_panel) >= 0.8, on_panel
