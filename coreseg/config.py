@@ -76,7 +76,7 @@ class ModelConfig:
                                           # panel"), a box is pointed only among that panel's cells
     box_prompt: str = "panel"             # the answer's first box also prompts the mask: "never", "panel" (where
                                           # the reasoning names a composite's panel) or "always"
-    panel_lookup: bool = False            # after "points to the", a composite's panel is copied from the question or
+    panel_lookup: bool = True             # after "points to the", a composite's panel is copied from the question or
                                           # the reasoning's own panel list (panel_lookup.py), where that gives one
 
     def to_dict(self) -> dict:

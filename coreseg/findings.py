@@ -264,8 +264,9 @@ def read_panel(text: str) -> str | None:
 def lookup_places(question: str, text: str) -> list[str]:
     """The panels a composite's reasoning (`text`, the words so far) may point to next: the place its question
     names ("Segment the lesion in the upper-left part …"), else the places its own panel list gives the modality it
-    said the question asks for ("… which a colonoscopy view shows; …"); [] where neither is written. The rule `coreseg.modeling.panel_lookup` holds the reasoning to: a copy of what the question and the
-    reasoning's own reading of the image already said (only a composite's reasoning writes "points to the")."""
+    said the question asks for ("… which a colonoscopy view shows; …"); [] where neither is written. The rule
+    `coreseg.modeling.panel_lookup` holds the reasoning to: a copy of what the question and the reasoning's own
+    reading of the image already said (only a composite's reasoning writes "points to the")."""
     place = _PLACE.search(question or "")
     if place is not None:
         return [place.group(1).lower()]

@@ -264,10 +264,10 @@ def test_where_the_reasoning_names_a_panel_the_written_box_also_prompts_the_mask
 
 @pytest.mark.slow  # the shipped model
 def test_with_the_panel_lookup_the_shipped_model_points_where_its_question_and_its_own_list_say():
-    """`ModelConfig.panel_lookup`: on a two-panel composite (a breast mass left, a polyp right) every sampled answer to a
-    kind question points to the panel its own list gives that kind's modality, and to a place question the panel the
-    question names; the masks follow onto that panel."""
-    import dataclasses
+    """`ModelConfig.panel_lookup` (the default): on a two-panel composite (a breast mass left, a polyp right) every
+    sampled answer to a kind question points to the panel its own list gives that kind's modality, and to a place
+    question the panel the question names; the masks follow onto that panel. (Without the lookup the shipped model
+    points a breast mass question to the right panel.)"""
     import re
 
     import cv2
@@ -279,7 +279,7 @@ def test_with_the_panel_lookup_the_shipped_model_points_where_its_question_and_i
 
     torch.set_num_threads(1)
     predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
-    predictor.model.config = dataclasses.replace(predictor.model.config, panel_lookup=True)
+    assert predictor.model.config.panel_lookup  # the default
     examples = Path(DEFAULT_CHECKPOINT).parent / "examples"
     tiles = [cv2.imread(str(examples / name))[:, :, ::-1] for name in ("bus_0165-r.png", "cju2htabevq9108015qjei0x7.jpg")]
     canvas, _ = build_composite(tiles, [np.zeros(t.shape[:2], bool) for t in tiles], (1, 2), [0, 1])  # as trained
