@@ -25,7 +25,7 @@ from coreseg.allocator import keep_freed_memory
 from coreseg.checkpoint import load_checkpoint, read_info, save_checkpoint
 from coreseg.datasets import DEV_EVERY, held_out
 from coreseg.modeling.core_seg import CoreSeg
-from trainers.composites import load_composite_cases, training_composites
+from trainers.composites import development_composites, training_composites
 from trainers.samples import Case, attach_embeddings, load_cases
 from trainers.sft import draw_samples, encode_batch
 
@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     cases = load_cases(args.data, args.cache, args.sets.split(","), "train", args.limit)
     if args.composites:
         composites = training_composites(args.cache, args.data, args.composites)
-        dev_composites = load_composite_cases(args.cache, "dev")
+        dev_composites = development_composites(args.cache)
     cases, dev = held_out(cases, DEV_EVERY)
     dev = dev[:args.val_limit]
     if args.composites:

@@ -118,6 +118,14 @@ def load_composite_cases(cache_dir, split: str, limit: int | None = None) -> lis
     return load_composites(cache_dir, split, limit, cls=CompositeCase)
 
 
+def development_composites(cache_dir) -> list[CompositeCase]:
+    """The cached `dev` composites (of the development images alone) that checkpoints are chosen on."""
+    found = load_composite_cases(cache_dir, "dev")
+    if not found:
+        print(f"no development composites in {cache_dir}: python -m trainers.composites --split dev --count 40")
+    return found
+
+
 def training_composites(cache_dir, data_dir, count: int, every: int = DEV_EVERY) -> list[CompositeCase]:
     """Of the first `count` cached training composites (by key), those without a development image: the `dev`
     composites (`python -m trainers.composites --split dev`) are made of those images, and stay unseen."""

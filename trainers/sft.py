@@ -37,7 +37,7 @@ from coreseg.metrics import dice, mask_box
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import END_OF_TURN, build_tokenizer
 from coreseg.precision import add_precision_argument, use_bf16
-from trainers.composites import CompositeCase, load_composite_cases, training_composites
+from trainers.composites import CompositeCase, development_composites, training_composites
 from trainers.samples import Case, Sample, attach_embeddings, load_cases
 
 
@@ -249,7 +249,7 @@ def main(argv=None) -> None:
             if not args.cache:
                 parser.error("--composites needs --cache")
             composites = training_composites(args.cache, args.data, args.composites, args.dev_every)
-            dev_composites = load_composite_cases(args.cache, "dev")
+            dev_composites = development_composites(args.cache)
         cases, val = held_out(cases, args.dev_every)
         val = val[::max(1, len(val) // max(1, args.val_limit))][:args.val_limit]
         if args.composites:  # each composite is drawn `composite_repeats` times an epoch, each time another question
