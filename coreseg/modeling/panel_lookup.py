@@ -3,10 +3,11 @@
 compact-grpo26-reader lists a composite's panels ("a breast ultrasound (upper-left), a colonoscopy view
 (lower-right)") and says which modality the question asks for, yet then points to a panel of its own: on the 40
 validation composites it named the asked kind's panel in 7 of 24 kind questions (the "lower-right" one in 14), and
-in all 31 place questions it named wrongly it wrote "…-right" where the question said "…-left". Where the question names a place, or the reasoning's own list gives the asked
-modality exactly one place (`coreseg.findings.lookup_places`), the sampler writes that place's tokens after "points
-to the" (fed as sure tokens, as the box writer's coordinates are); where the list gives two (the larger or smaller
-of two of a kind) or none, the reasoner chooses. What it copies is the reasoner's: its reading of the image (the
+in all 31 place questions it named wrongly it wrote "…-right" where the question said "…-left". Where the question
+names a place, or the reasoning's own list gives the asked modality exactly one place
+(`coreseg.findings.lookup_places`), the sampler writes that place's tokens after "points to the" (fed as sure
+tokens, as the box writer's coordinates are); where the list gives two (the larger or smaller of two of a kind) or
+none, the reasoner chooses. What it copies is the reasoner's: its reading of the image (the
 list) and of the question (the modality). On those 40 composites (`coreseg.eval --split val --limit 0 --composites
 40`) it raised referring accuracy from 64.2 to 86.1 % and the mDice on the asked tiles from 0.547 to 0.714; single
 scans never write "points to the" and are unchanged. `ModelConfig.panel_lookup` (on by default; `coreseg.eval --set

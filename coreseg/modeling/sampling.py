@@ -121,7 +121,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
             elif queue[r]:
                 drafts.append(queue[r][:room])
             elif writer is not None and writer.opens_box(ids[r]) or lookup is not None and lookup.opens(ids[r]):
-                drafts.append([])   # the box is written from this bracket's state, computed in this pass
+                drafts.append([])   # the box (from this bracket's state, computed in this pass) or the panel is written
             elif drafter is not None:
                 guesses = drafter.draft(ids[r], room)
                 guesses = guesses if writer is None else writer.cut(ids[r], guesses)
