@@ -125,17 +125,26 @@ def test_the_predictor_writes_the_pointer_boxes(tmp_path):
 
 def test_grpo_leaves_the_written_coordinates_out_of_the_policy_loss():
     """With a box writer, the tokens GRPO's policy loss counts are all but the coordinates between each opening
-    bracket and the bracket that closes it; without one, all."""
+    bracket and the bracket that closes it, and the panel the lookup wrote; without either, all."""
     from trainers.grpo_loop import _chosen_tokens
 
     model, _, completion, boxes, _ = _two_blob_model()
     tokenizer = model.reasoner.tokenizer
-    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model)(completion)]
-    left_out = [tokenizer.decode([t]) for k, t in enumerate(completion) if k not in _chosen_tokens(model)(completion)]
+    question = "Outline the lesion."
+    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model)(completion, question)]
+    left_out = [tokenizer.decode([t]) for k, t in enumerate(completion)
+                if k not in _chosen_tokens(model)(completion, question)]
     assert "".join(left_out).replace(" ", "") == "".join(f"{x1},{y1},{x2},{y2}" for x1, y1, x2, y2 in boxes)
     assert "<seg>" in chosen and " [[" in chosen and "]]." in chosen and "<answer>" in chosen
+    # on a composite the panel the lookup wrote after "points to the" is left out too (and only that)
+    pointing = tokenizer.encode("<think> The image is a composite of two panels: a breast ultrasound (left), a "
+                                "colonoscopy view (right). The question asks for a polyp, which a colonoscopy view "
+                                "shows; it points to the right panel.")
+    left_out = [tokenizer.decode([t]) for k, t in enumerate(pointing + completion)
+                if k not in _chosen_tokens(model)(pointing + completion, "Outline the polyp.")]
+    assert "".join(left_out).replace(" ", "") == "right" + "".join(f"{x1},{y1},{x2},{y2}" for x1, y1, x2, y2 in boxes)
     model.box_writer = None
-    assert _chosen_tokens(model)(completion) == list(range(len(completion)))
+    assert _chosen_tokens(model)(completion, question) == list(range(len(completion)))
 
 
 def test_a_grown_writer_starts_from_the_seg_pointer_and_keeps_the_sampling_guesses():

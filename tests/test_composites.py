@@ -458,3 +458,7 @@ def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_
     assert tokenizer.decode(ids + lookup.tokens(ids)).endswith("points to the upper-right")
     assert lookup.cut(ids[:-3], ids[-3:] + tokenizer.encode(" lower-left panel")) == ids[-3:]   # guesses stop there
     assert PanelLookup(tokenizer, "Outline the larger of the two breast masses.").tokens(tokenizer.encode(size)) == []
+    sampled = ids + lookup.tokens(ids) + tokenizer.encode(" panel, a colonoscopy view.")
+    assert [tokenizer.decode([t]) for t, w in zip(sampled, lookup.written(sampled)) if w] == [" upper", "-", "right"]
+    other = ids + tokenizer.encode(" lower-left panel.")   # not what the lookup writes: the policy's own
+    assert not any(lookup.written(other))

@@ -80,10 +80,12 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
     phrasing from them (its checkpoint then samples as fast as the policy writes)."""
     model = predictor.model
     reasoner = model.reasoner
+    lookup = model.panel_lookup(question)
     with torch.no_grad():
-        if model.box_writer is not None:  # the boxes written as the app writes them
+        if model.box_writer is not None or lookup is not None:  # boxes and panels written as the app writes them
             sampled = reasoner.sample(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
-                                      generator, writer=model.box_writing)
+                                      generator, writer=None if model.box_writer is None else model.box_writing,
+                                      lookup=lookup)
             ids, logps = sampled.ids, sampled.logps
         else:
             ids, logps = reasoner.generate(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
@@ -95,10 +97,16 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
 
 
 def _chosen_tokens(model: CoreSeg):
-    """completion → the positions of the tokens the policy chose: all but those the box writer wrote."""
-    if model.box_writer is None:
-        return lambda ids: list(range(len(ids)))
-    return lambda ids: [k for k, w in enumerate(model.brackets.written(ids)) if not w]
+    """(completion, question) → the positions of the tokens the policy chose: all but those the box writer and the
+    panel lookup wrote."""
+    def chosen(ids: list[int], question: str) -> list[int]:
+        written = [False] * len(ids) if model.box_writer is None else model.brackets.written(ids)
+        lookup = model.panel_lookup(question)
+        if lookup is not None:
+            written = [a or b for a, b in zip(written, lookup.written(ids))]
+        return [k for k, w in enumerate(written) if not w]
+
+    return chosen
 
 
 def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -206,7 +214,7 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
             continue
         for i, ids in enumerate(g.completions):
             temperature, top_p = g.sampling_of(i, cfg)
-            at = chosen(ids)  # the positions of the tokens the policy chose (not the box writer's)
+            at = chosen(ids, g.question)  # the positions of the tokens the policy chose (not the writer's, the lookup's)
             picked = [ids[k] for k in at]
             new = _token_logps(logits[i][at], picked, temperature, top_p)
             old = torch.tensor([g.old_logps[i][k] for k in at], device=new.device, dtype=new.dtype)

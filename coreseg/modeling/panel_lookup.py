@@ -11,7 +11,8 @@ none, the reasoner chooses. What it copies is the reasoner's: its reading of the
 list) and of the question (the modality). On those 40 composites (`coreseg.eval --split val --limit 0 --composites
 40`) it raised referring accuracy from 64.2 to 86.1 % and the mDice on the asked tiles from 0.547 to 0.714; single
 scans never write "points to the" and are unchanged. `ModelConfig.panel_lookup` (on by default; `coreseg.eval --set
-panel_lookup=false` compares); GRPO samples without it.
+panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the tokens it wrote out of the
+policy loss (`written`), as it does the box writer's coordinates.
 """
 from __future__ import annotations
 
@@ -42,3 +43,13 @@ class PanelLookup:
         """The panel's tokens to write after `ids` (which end with the trigger): [] unless exactly one is looked up."""
         places = lookup_places(self.question, self.tokenizer.decode(ids, skip_special_tokens=False))
         return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
+
+    def written(self, completion: list[int]) -> list[bool]:
+        """Per token of a completion sampled with this lookup: whether the lookup wrote it (the policy did not)."""
+        flags, n = [False] * len(completion), len(self.trigger)
+        for k in range(n, len(completion)):
+            if completion[k - n:k] == self.trigger:
+                looked_up = self.tokens(completion[:k])
+                if looked_up and completion[k:k + len(looked_up)] == looked_up:
+                    flags[k:k + len(looked_up)] = [True] * len(looked_up)
+        return flags
