@@ -437,6 +437,7 @@ def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_
     from coreseg.config import DEFAULT_CHECKPOINT
     from coreseg.findings import lookup_places
     from coreseg.modeling.panel_lookup import PanelLookup
+    from coreseg.modeling.sampling import guesses_until
 
     listed = ("<think> The image is a composite of three panels: a breast ultrasound (upper-left), a colonoscopy view "
               "(upper-right), a breast ultrasound (lower-left).")
@@ -456,7 +457,7 @@ def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_
     assert lookup.opens(ids) and not lookup.opens(ids[:-1])
     assert tokenizer.decode(lookup.tokens(ids)) == " upper-right"
     assert tokenizer.decode(ids + lookup.tokens(ids)).endswith("points to the upper-right")
-    assert lookup.cut(ids[:-3], ids[-3:] + tokenizer.encode(" lower-left panel")) == ids[-3:]   # guesses stop there
+    assert guesses_until(ids[:-3], ids[-3:] + tokenizer.encode(" lower-left panel"), [lookup.opens]) == ids[-3:]
     assert PanelLookup(tokenizer, "Outline the larger of the two breast masses.").tokens(tokenizer.encode(size)) == []
     sampled = ids + lookup.tokens(ids) + tokenizer.encode(" panel, a colonoscopy view.")
     assert [tokenizer.decode([t]) for t, w in zip(sampled, lookup.written(sampled)) if w] == [" upper", "-", "right"]

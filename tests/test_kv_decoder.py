@@ -222,11 +222,6 @@ class _EveryThirdOpens:
     def opens_box(self, ids):
         return bool(ids) and ids[-1] % 3 == 0 and ids[-1] != 0
 
-    def cut(self, ids, guesses):
-        from coreseg.modeling.box_writer import BoxWriting
-
-        return BoxWriting.cut(self, ids, guesses)
-
     def write(self, state, text, ids):
         assert torch.equal(text[-1], state)  # the completion's states up to the bracket, the bracket's last
         assert len(ids) == len(text) and self.opens_box(ids)  # and its tokens, the bracket the last
@@ -287,11 +282,6 @@ class _AfterFiveLooksUp:
 
     def opens(self, ids):
         return bool(ids) and ids[-1] % 5 == 0 and ids[-1] != 0
-
-    def cut(self, ids, guesses):
-        from coreseg.modeling.panel_lookup import PanelLookup
-
-        return PanelLookup.cut(self, ids, guesses)
 
     def tokens(self, ids):
         assert self.opens(ids)

@@ -115,13 +115,6 @@ class BoxWriting:
         """Whether `ids` (a row's tokens so far) end with a box's opening bracket inside the answer."""
         return bool(ids) and ids[-1] in self.brackets.openers and self.brackets.answer_open in ids
 
-    def cut(self, ids: list[int], guesses: list[int]) -> list[int]:
-        """Guesses up to and including the first opening bracket: no guessed coordinate is ever accepted."""
-        for k, token in enumerate(guesses):
-            if self.opens_box(ids + guesses[:k + 1]):
-                return guesses[:k + 1]
-        return guesses
-
     @torch.no_grad()
     def write(self, state: torch.Tensor, text: torch.Tensor, ids: list[int]) -> list[int]:
         """The coordinate tokens for the box the state at an opening bracket points to; `text`: the completion's

@@ -32,13 +32,6 @@ class PanelLookup:
         n = len(self.trigger)
         return len(ids) >= n and ids[-n:] == self.trigger
 
-    def cut(self, ids: list[int], guesses: list[int]) -> list[int]:
-        """Guessed tokens up to the end of the trigger: the panel after it is the lookup's, not a guess."""
-        for j in range(len(guesses)):
-            if self.opens(ids + guesses[:j + 1]):
-                return guesses[:j + 1]
-        return guesses
-
     def tokens(self, ids: list[int]) -> list[int]:
         """The panel's tokens to write after `ids` (which end with the trigger): [] unless exactly one is looked up."""
         places = lookup_places(self.question, self.tokenizer.decode(ids, skip_special_tokens=False))

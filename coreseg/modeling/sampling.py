@@ -76,6 +76,16 @@ def draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torc
     return token, log_probs.gather(-1, token[:, None]).squeeze(-1)
 
 
+def guesses_until(ids: list[int], guesses: list[int], hooks) -> list[int]:
+    """Guessed tokens up to and including the first after which a hook writes (`hooks`: predicates on a row's
+    tokens, the box writer's opening bracket, the panel lookup's "points to the"): what follows is the hook's, never a
+    guess."""
+    for k in range(len(guesses)):
+        if any(opens(ids + guesses[:k + 1]) for opens in hooks):
+            return guesses[:k + 1]
+    return guesses
+
+
 def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_new_tokens: int, temperature: float,
                   top_p: float, generator: torch.Generator, drafter=None, draft_length: int = DRAFT_LENGTH,
                   writer=None, lookup=None):
@@ -111,6 +121,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     queue: list[list[int]] = [[] for _ in range(rows)]  # the writer's (or the lookup's) tokens not yet emitted
     boxing = [False] * rows                               # whether a row's queue is the writer's (a box to close)
     states: list[list[torch.Tensor]] = [[] for _ in range(rows)]
+    hooks = ([] if writer is None else [writer.opens_box]) + ([] if lookup is None else [lookup.opens])
     done = [t in stop or max_new_tokens <= 1 for t in token.tolist()]
     while not all(done):
         drafts = []
@@ -123,9 +134,7 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
             elif writer is not None and writer.opens_box(ids[r]) or lookup is not None and lookup.opens(ids[r]):
                 drafts.append([])   # the box (from this bracket's state, computed in this pass) or the panel is written
             elif drafter is not None:
-                guesses = drafter.draft(ids[r], room)
-                guesses = guesses if writer is None else writer.cut(ids[r], guesses)
-                drafts.append(guesses if lookup is None else lookup.cut(ids[r], guesses))
+                drafts.append(guesses_until(ids[r], drafter.draft(ids[r], room), hooks))
             else:
                 drafts.append([])
         sure = [bool(queue[r]) for r in range(rows)]
