@@ -77,6 +77,7 @@ def test_draw_log_probabilities_are_the_re_scoring_distribution():
         assert torch.allclose(logp, sampling_logprobs(logits, token, temperature, top_p), atol=1e-5)
 
 
+@pytest.mark.slow  # the shipped model: the full run (CI) has it; the fast run measured 179–190 s with it
 def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch):
     """The states kept while sampling (what the adapter reads at `<seg>`, and the image tokens' for the box
     pointer) are the teacher-forced forward's, with guessed tokens accepted several at a time, and the
