@@ -248,11 +248,14 @@ PANEL_SHARE = 0.8  # a mask "is on" a panel when this share of it lies there (al
 PLACE_WORDS = "upper-left|upper-right|lower-left|lower-right|left|right|upper|lower"   # a composite's panels
 MODALITY_WORDS = {"busbra": "a breast ultrasound", "kvasir": "a colonoscopy view", "ph2": "a dermoscopy image"}
 POINTING = "points to the"   # the words before the panel a composite's reasoning picks
+ASKS = "shows;"              # "… which a colonoscopy view shows;": the words before a composite's present or absent
+PRESENT, NO_PANEL = "that is", "none of the panels is"   # … "that is a colonoscopy view (…)" or "none of the panels is …"
 _PANEL = re.compile(rf"\b{POINTING} ({PLACE_WORDS}) panel\b", re.I)
 _PLACE = re.compile(rf"\b({PLACE_WORDS})\b", re.I)
 _MODALITY = "|".join(MODALITY_WORDS.values())
 _LISTED = re.compile(rf"({_MODALITY}) \(({PLACE_WORDS})\)")
 _ASKED = re.compile(rf"which ({_MODALITY}) shows")
+_ASKED_LAST = re.compile(rf"which ({_MODALITY}) {ASKS}$")
 
 
 def read_panel(text: str) -> str | None:
@@ -274,6 +277,18 @@ def lookup_places(question: str, text: str) -> list[str]:
     if not asked:
         return []
     return list(dict.fromkeys(p.lower() for m, p in _LISTED.findall(text) if m == asked[-1]))
+
+
+def lookup_presence(text: str) -> str | None:
+    """What a composite's reasoning (`text`, the words so far, ending "… which M shows;") writes next by its own
+    panel list: `PRESENT` where the list has M, `NO_PANEL` where it lists other modalities only; None where the text
+    does not end so or no list is written. The rule `coreseg.modeling.panel_lookup` holds the reasoning to (the
+    shipped model wrote "none of the panels is M" in 4 of 24 validation kind questions whose own list had M)."""
+    asked = _ASKED_LAST.search(text)
+    listed = _LISTED.findall(text)
+    if asked is None or not listed:
+        return None
+    return PRESENT if any(m == asked.group(1) for m, _ in listed) else NO_PANEL
 
 
 def panel_region(place: str, shape: tuple[int, int]) -> np.ndarray:

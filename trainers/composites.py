@@ -19,7 +19,7 @@ from coreseg.answer import render_answer
 from coreseg.composites import (PLAN_SEED, CompositeScan, composite_path, holds_any, load_composites,
                                 plan_composites, save_composite, split_pools)
 from coreseg.datasets import DEV_EVERY
-from coreseg.findings import MODALITY_WORDS, number_words, read_panel
+from coreseg.findings import ASKS, MODALITY_WORDS, NO_PANEL, PRESENT, number_words, read_panel
 from coreseg.geometry import Frames
 from coreseg.lesion_facts import describe_lesion
 from coreseg.questions import KINDS
@@ -27,7 +27,6 @@ from trainers.reasoning import MODALITY_OF, build_reasoning, describe_absence
 from trainers.samples import Sample
 
 EVERY_LESION = "asks for every lesion"   # the pointing sentences' words that `named_in` reads back
-NO_PANEL = "none of the panels is"
 
 
 class CompositeCase(CompositeScan):
@@ -55,12 +54,12 @@ class CompositeCase(CompositeScan):
         asked = absent_kind or self.tiles[named[0]]["set_name"]
         modality = MODALITY_WORDS[asked]
         if way == "absent":
-            return f"The question asks for a {KINDS[asked][0]}, which {modality} shows; {NO_PANEL} {modality}."
+            return f"The question asks for a {KINDS[asked][0]}, which {modality} {ASKS} {NO_PANEL} {modality}."
         place = self.tiles[named[0]]["place"]
         if way == "place":
             return f"The question points to the {place} panel."
         wanted = f"a {KINDS[asked][0]}" if way == "kind" else f"the {self._size_word(named[0])} of the two {KINDS[asked][1]}"
-        return f"The question asks for {wanted}, which {modality} shows; that is {modality} ({place}), so it points to the {place} panel."
+        return f"The question asks for {wanted}, which {modality} {ASKS} {PRESENT} {modality} ({place}), so it points to the {place} panel."
 
     def opening(self, way: str, pointing: str) -> str:
         """The reasoning's first sentences: the panel list, then the pointing sentence that looks the question's

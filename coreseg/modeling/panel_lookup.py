@@ -1,4 +1,4 @@
-"""The panel lookup: where a composite's reasoning writes "… points to the", the panel is copied, not guessed.
+"""The panel lookup: where a composite's reasoning says whether and where the asked finding is, it copies, not guesses.
 
 compact-grpo26-reader lists a composite's panels ("a breast ultrasound (upper-left), a colonoscopy view
 (lower-right)") and says which modality the question asks for, yet then points to a panel of its own: on the 40
@@ -7,16 +7,20 @@ in all 31 place questions it named wrongly it wrote "…-right" where the questi
 names a place, or the reasoning's own list gives the asked modality exactly one place
 (`coreseg.findings.lookup_places`), the sampler writes that place's tokens after "points to the" (fed as sure
 tokens, as the box writer's coordinates are); where the list gives two (the larger or smaller of two of a kind) or
-none, the reasoner chooses. What it copies is the reasoner's: its reading of the image (the
-list) and of the question (the modality). On those 40 composites (`coreseg.eval --split val --limit 0 --composites
-40`) it raised referring accuracy from 64.2 to 86.1 % and the mDice on the asked tiles from 0.547 to 0.714; single
-scans never write "points to the" and are unchanged. `ModelConfig.panel_lookup` (on by default; `coreseg.eval --set
-panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the tokens it wrote out of the
-policy loss (`written`), as it does the box writer's coordinates.
+none, the reasoner chooses. On those 40 composites (`coreseg.eval --split val --limit 0 --composites 40`) it raised
+referring accuracy from 64.2 to 86.1 % and the mDice on the asked tiles from 0.547 to 0.714.
+
+The same holds for the fork before it: after "… which a colonoscopy view shows;" the reasoning goes on "that is …"
+where its own list has a colonoscopy view and "none of the panels is …" where it has not
+(`coreseg.findings.lookup_presence`): with the place lookup alone the model denied a listed modality in 4 of 24
+kind questions. What is copied is the reasoner's: its reading of the image (the list) and of the question (the
+modality). Single scans write neither trigger and are unchanged. `ModelConfig.panel_lookup` (on by default;
+`coreseg.eval --set panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the tokens it
+wrote out of the policy loss (`written`), as it does the box writer's coordinates.
 """
 from __future__ import annotations
 
-from coreseg.findings import POINTING, lookup_places
+from coreseg.findings import ASKS, POINTING, lookup_places, lookup_presence
 
 
 class PanelLookup:
@@ -25,23 +29,27 @@ class PanelLookup:
     def __init__(self, tokenizer, question: str):
         self.tokenizer = tokenizer
         self.question = question
-        self.trigger = tokenizer.encode(f" {POINTING}")
+        self.triggers = [tokenizer.encode(f" {POINTING}"), tokenizer.encode(f" {ASKS}")]
 
     def opens(self, ids: list[int]) -> bool:
-        """Whether a completion's tokens end with the words after which a panel is named."""
-        n = len(self.trigger)
-        return len(ids) >= n and ids[-n:] == self.trigger
+        """Whether a completion's tokens end with the words after which the lookup may write."""
+        return any(len(ids) >= len(t) and ids[-len(t):] == t for t in self.triggers)
 
     def tokens(self, ids: list[int]) -> list[int]:
-        """The panel's tokens to write after `ids` (which end with the trigger): [] unless exactly one is looked up."""
-        places = lookup_places(self.question, self.tokenizer.decode(ids, skip_special_tokens=False))
-        return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
+        """The tokens to write after `ids` (which end with a trigger): the panel after "points to the" where
+        exactly one is looked up, "that is" or "none of the panels is" after "which … shows;"; else []."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        if ids[-len(self.triggers[0]):] == self.triggers[0]:
+            places = lookup_places(self.question, text)
+            return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
+        presence = lookup_presence(text)
+        return self.tokenizer.encode(f" {presence}") if presence else []
 
     def written(self, completion: list[int]) -> list[bool]:
         """Per token of a completion sampled with this lookup: whether the lookup wrote it (the policy did not)."""
-        flags, n = [False] * len(completion), len(self.trigger)
-        for k in range(n, len(completion)):
-            if completion[k - n:k] == self.trigger:
+        flags = [False] * len(completion)
+        for k in range(1, len(completion)):
+            if self.opens(completion[:k]):
                 looked_up = self.tokens(completion[:k])
                 if looked_up and completion[k:k + len(looked_up)] == looked_up:
                     flags[k:k + len(looked_up)] = [True] * len(looked_up)
