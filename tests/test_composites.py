@@ -431,8 +431,8 @@ def test_development_composites_hold_only_held_out_images_and_training_composite
 def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_asked_modality():
     """After "points to the", the lookup writes the place the question names, else the one place the reasoning's
     own panel list gives the modality it says is asked; two such places (a size question), none, or no panel list
-    (a single scan) leave the choice to the reasoner. After "which M shows;" it writes "that is" where the list has
-    M and "none of the panels is" where it has not. Tokens from the shipped tokenizer."""
+    (a single scan) leave the choice to the reasoner. After "which M shows;" it writes "none of the panels is" where
+    the list has no M and bans that denial where it has. Tokens from the shipped tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
     from coreseg.config import DEFAULT_CHECKPOINT
@@ -465,13 +465,14 @@ def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_
     other = ids + tokenizer.encode(" lower-left panel.")   # not what the lookup writes: the policy's own
     assert not any(lookup.written(other))
 
-    asks = f"{listed} The question asks for a polyp, which a colonoscopy view shows;"
-    assert lookup.opens(tokenizer.encode(asks)) and tokenizer.decode(lookup.tokens(tokenizer.encode(asks))) == " that is"
-    absent = f"{listed} The question asks for a pigmented lesion, which a dermoscopy image shows;"
-    assert tokenizer.decode(lookup.tokens(tokenizer.encode(absent))) == " none of the panels is"
-    assert lookup.tokens(tokenizer.encode("<think> It asks for a polyp, which a colonoscopy view shows;")) == []  # no list
-    denied = tokenizer.encode(asks + " none of the panels is a colonoscopy view.")   # the policy's own, not written
-    assert not any(lookup.written(denied))
-    sampled = tokenizer.encode(asks) + tokenizer.encode(" that is a colonoscopy view (upper-right), so it points to the")
-    sampled += lookup.tokens(sampled)
-    assert [tokenizer.decode([t]) for t, w in zip(sampled, lookup.written(sampled)) if w] == [" that", " is", " upper", "-", "right"]
+    asks = tokenizer.encode(f"{listed} The question asks for a polyp, which a colonoscopy view shows;")
+    denial = tokenizer.encode(" none of the panels is")
+    assert lookup.opens(asks) and lookup.tokens(asks) == [] and lookup.banned(asks) == denial[:1]   # listed: no denial
+    absent = tokenizer.encode(f"{listed} The question asks for a pigmented lesion, which a dermoscopy image shows;")
+    assert lookup.tokens(absent) == denial and lookup.banned(absent) == []                        # not listed: denied
+    unlisted = tokenizer.encode("<think> It asks for a polyp, which a colonoscopy view shows;")
+    assert lookup.tokens(unlisted) == [] and lookup.banned(unlisted) == []                        # no list: free
+    assert lookup.banned(ids) == [] and lookup.banned(asks[:-1]) == []
+    sampled = absent + denial + tokenizer.encode(" a dermoscopy image.")
+    assert [tokenizer.decode([t]) for t, w in zip(sampled, lookup.written(sampled)) if w] == [
+        tokenizer.decode([t]) for t in denial]

@@ -276,24 +276,29 @@ def test_written_boxes_are_fed_and_the_model_goes_on_after_them(guessing):
 
 
 class _AfterFiveLooksUp:
-    """A panel lookup's hook for a bare LM: a token divisible by 5 (not the stop token 0) ends the trigger; the
-    lookup writes 31 32 after it."""
+    """A panel lookup's hook for a bare LM: a token divisible by 5 (not the stop token 0) ends a trigger after which
+    the lookup writes 31 32; one divisible by 7 (not by 5) a trigger after which it bans tokens 40 … 49."""
 
     WRITTEN = [31, 32]
+    BANNED = list(range(40, 50))
 
     def opens(self, ids):
-        return bool(ids) and ids[-1] % 5 == 0 and ids[-1] != 0
+        return bool(ids) and ids[-1] != 0 and (ids[-1] % 5 == 0 or ids[-1] % 7 == 0)
 
     def tokens(self, ids):
         assert self.opens(ids)
-        return list(self.WRITTEN)
+        return list(self.WRITTEN) if ids[-1] % 5 == 0 else []
+
+    def banned(self, ids):
+        return list(self.BANNED) if self.opens(ids) and ids[-1] % 5 else []
 
 
 @pytest.mark.parametrize("guessing", [False, True])
 def test_a_looked_up_panel_is_fed_after_its_trigger_and_the_model_goes_on_freely(guessing):
-    """After each trigger the lookup's tokens follow (flagged, with the model's own log-probabilities), and every
-    other token, the one right after them included (no closing rule, unlike a written box), is the greedy argmax
-    of the transformers forward of the whole sequence."""
+    """After each trigger the lookup's tokens follow (flagged, with the model's own log-probabilities), after each
+    banning trigger the argmax without the banned tokens (its log-probability the unrestricted one), and every
+    other token, the one right after the written ones included (no closing rule, unlike a written box), is the
+    greedy argmax of the transformers forward of the whole sequence."""
     from coreseg.modeling.sampling import sample_tokens
 
     lm = tiny_lm(50, seed=3)
@@ -307,18 +312,23 @@ def test_a_looked_up_panel_is_fed_after_its_trigger_and_the_model_goes_on_freely
     with torch.no_grad():
         ids, logps, _, forced = sample_tokens(decoder, decoder.prefill(prompt), [0], 40, 0.0, 1.0,
                                               torch.Generator().manual_seed(0), drafter, lookup=lookup)
-    looked_up = 0
+    looked_up = bans = 0
     for row, flags, row_logps in zip(ids, forced, logps):
         with torch.no_grad():
             logits = lm(inputs_embeds=torch.cat([prompt, lm.model.embed_tokens(torch.tensor(row))])[None]).logits[
                 0, prompt.shape[0] - 1:-1]
         expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(row)[:, None]).squeeze(-1)
         for k, token in enumerate(row):
-            if k and lookup.opens(row[:k]):
+            if k and lookup.banned(row[:k]):
+                allowed = logits[k].clone()
+                allowed[lookup.BANNED] = float("-inf")
+                assert not flags[k] and token == int(allowed.argmax()), k
+                bans += int(int(logits[k].argmax()) in lookup.BANNED)   # a ban that changed the token
+            elif k and lookup.opens(row[:k]):
                 n = min(2, len(row) - k)
                 assert row[k:k + n] == lookup.WRITTEN[:n] and all(flags[k:k + n]), k
                 looked_up += 1
             elif not (k > 1 and lookup.opens(row[:k - 1]) and row[k - 1] == 31):
                 assert not flags[k] and token == int(logits[k].argmax()), k
         assert np.allclose(row_logps, expected.numpy(), atol=1e-4)
-    assert looked_up >= 2
+    assert looked_up >= 2 and bans >= 1

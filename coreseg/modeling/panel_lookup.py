@@ -10,17 +10,18 @@ tokens, as the box writer's coordinates are); where the list gives two (the larg
 none, the reasoner chooses. On those 40 composites (`coreseg.eval --split val --limit 0 --composites 40`) it raised
 referring accuracy from 64.2 to 86.1 % and the mDice on the asked tiles from 0.547 to 0.714.
 
-The same holds for the fork before it: after "… which a colonoscopy view shows;" the reasoning goes on "that is …"
-where its own list has a colonoscopy view and "none of the panels is …" where it has not
-(`coreseg.findings.lookup_presence`): with the place lookup alone the model denied a listed modality in 4 of 24
-kind questions. What is copied is the reasoner's: its reading of the image (the list) and of the question (the
+The same holds for the fork before it, after "… which a colonoscopy view shows;": where the reasoning's own list
+has no colonoscopy view the lookup writes "none of the panels is"; where it has one the model may not start that
+denial (`banned`) and goes on in its own words (the shipped model writes "it points to the …", the later training
+texts "that is …"; `coreseg.findings.lookup_presence`): with the place lookup alone the shipped model denied a
+listed modality in 4 of 24 kind questions. What is copied is the reasoner's: its reading of the image (the list) and of the question (the
 modality). Single scans write neither trigger and are unchanged. `ModelConfig.panel_lookup` (on by default;
 `coreseg.eval --set panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the tokens it
 wrote out of the policy loss (`written`), as it does the box writer's coordinates.
 """
 from __future__ import annotations
 
-from coreseg.findings import ASKS, POINTING, lookup_places, lookup_presence
+from coreseg.findings import ASKS, NO_PANEL, POINTING, PRESENT, lookup_places, lookup_presence
 
 
 class PanelLookup:
@@ -30,6 +31,7 @@ class PanelLookup:
         self.tokenizer = tokenizer
         self.question = question
         self.triggers = [tokenizer.encode(f" {POINTING}"), tokenizer.encode(f" {ASKS}")]
+        self.denial = tokenizer.encode(f" {NO_PANEL}")
 
     def opens(self, ids: list[int]) -> bool:
         """Whether a completion's tokens end with the words after which the lookup may write."""
@@ -37,13 +39,19 @@ class PanelLookup:
 
     def tokens(self, ids: list[int]) -> list[int]:
         """The tokens to write after `ids` (which end with a trigger): the panel after "points to the" where
-        exactly one is looked up, "that is" or "none of the panels is" after "which … shows;"; else []."""
+        exactly one is looked up, "none of the panels is" after "which M shows;" where the list has no M; else []."""
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         if ids[-len(self.triggers[0]):] == self.triggers[0]:
             places = lookup_places(self.question, text)
             return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
-        presence = lookup_presence(text)
-        return self.tokenizer.encode(f" {presence}") if presence else []
+        return self.denial if lookup_presence(text) == NO_PANEL else []
+
+    def banned(self, ids: list[int]) -> list[int]:
+        """The tokens the model may not write after `ids`: the denial's first after "which M shows;" where the
+        reasoning's own list has M; else []."""
+        if not self.opens(ids) or ids[-len(self.triggers[1]):] != self.triggers[1]:
+            return []
+        return self.denial[:1] if lookup_presence(self.tokenizer.decode(ids, skip_special_tokens=False)) == PRESENT else []
 
     def written(self, completion: list[int]) -> list[bool]:
         """Per token of a completion sampled with this lookup: whether the lookup wrote it (the policy did not)."""

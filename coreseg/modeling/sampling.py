@@ -108,7 +108,8 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     token that closes the box from the tempered softmax renormalised over `writer.closers`; its log-probability is
     the unrestricted tempered softmax's, finite for GRPO's ratio. With a `lookup`
     (`coreseg.modeling.panel_lookup.PanelLookup`), where a row's kept tokens end with "points to the" the panel it
-    looks up is fed the same way (no closing rule after it). Returns also, per row and token, whether the writer or
+    looks up is fed the same way (no closing rule after it), and the tokens it bans there (`lookup.banned`) are
+not drawn (p renormalised without them; their log-probability stays the unrestricted one). Returns also, per row and token, whether the writer or
     the lookup wrote it."""
     rows = first_logits.shape[0]
     device = first_logits.device
@@ -166,6 +167,11 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
             allowed[list(writer.closers)] = True
             at = at.clone()
             at[closing] = torch.log_softmax(step.masked_fill(~allowed, float("-inf")), dim=-1)
+        for r in range(rows):   # the lookup's bans (a denial its own panel list contradicts): p renormalised without them
+            banned = [] if lookup is None or done[r] or sure[r] else lookup.banned(ids[r] + drafts[r][:int(accepted[r])])
+            if banned:
+                at[r, banned] = float("-inf")
+                at[r] = torch.log_softmax(at[r], dim=-1)
         if greedy:
             token = at.argmax(-1)
         else:
