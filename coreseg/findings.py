@@ -255,6 +255,7 @@ _PLACE = re.compile(rf"\b({PLACE_WORDS})\b", re.I)
 _MODALITY = "|".join(MODALITY_WORDS.values())
 _LISTED = re.compile(rf"({_MODALITY}) \(({PLACE_WORDS})\)")
 _ASKED = re.compile(rf"which ({_MODALITY}) shows")
+_SIZE_ASKED = re.compile(r"asks for the (larger|smaller)\b")
 _ASKED_LAST = re.compile(rf"which ({_MODALITY}) {ASKS}$")
 
 
@@ -279,6 +280,13 @@ def lookup_places(question: str, text: str) -> list[str]:
     return list(dict.fromkeys(p.lower() for m, p in _LISTED.findall(text) if m == asked[-1]))
 
 
+def size_asked(text: str) -> str | None:
+    """"larger" or "smaller" where a composite's reasoning says the question asks for the larger or smaller of two
+    findings of a kind ("The question asks for the larger of the two polyps, …"), else None."""
+    asked = _SIZE_ASKED.findall(text)
+    return asked[-1] if asked else None
+
+
 def lookup_presence(text: str) -> str | None:
     """What a composite's reasoning (`text`, the words so far, ending "… which M shows;") writes next by its own
     panel list: `PRESENT` where the list has M, `NO_PANEL` where it lists other modalities only; None where the text
@@ -291,14 +299,20 @@ def lookup_presence(text: str) -> str | None:
     return PRESENT if any(m == asked.group(1) for m, _ in listed) else NO_PANEL
 
 
-def panel_region(place: str, shape: tuple[int, int]) -> np.ndarray:
-    """The pixels of a panel of a composite frame (`shape`): a half for "left"/"right"/"upper"/"lower", a quadrant
-    for "upper-left" …, as `coreseg.composites` tiles its square canvas."""
+def panel_box(place: str, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A panel of a composite frame (`shape`) as a box (x1, y1, x2, y2, exclusive ends): a half for "left"/"right"/
+    "upper"/"lower", a quadrant for "upper-left" …, as `coreseg.composites` tiles its square canvas."""
     height, width = shape
+    y1, y2 = (0, height // 2) if "upper" in place else (height // 2, height) if "lower" in place else (0, height)
+    x1, x2 = (0, width // 2) if "left" in place else (width // 2, width) if "right" in place else (0, width)
+    return x1, y1, x2, y2
+
+
+def panel_region(place: str, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels of a panel of a composite frame (`shape`, `panel_box`)."""
+    x1, y1, x2, y2 = panel_box(place, shape)
     region = np.zeros(shape, bool)
-    rows = slice(0, height // 2) if "upper" in place else slice(height // 2, height) if "lower" in place else slice(None)
-    cols = slice(0, width // 2) if "left" in place else slice(width // 2, width) if "right" in place else slice(None)
-    region[rows, cols] = True
+    region[y1:y2, x1:x2] = True
     return region
 
 

@@ -114,7 +114,7 @@ class CoreSegPredictor:
             sampled = self.model.reasoner.sample(image, embedding, question, n_candidates, temperature, top_p,
                                                  generator,
                                                  writer=None if self.model.box_writer is None else self.model.box_writing,
-                                                 lookup=self.model.panel_lookup(question))
+                                                 lookup=self.model.panel_lookup(question, embedding, (height, width)))
             texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in sampled.ids]
             candidates = self._draw(image, embedding, question, sampled, texts, box_prompt,
                                     {"temperature": temperature, "top_p": top_p, "seed": seed})

@@ -307,3 +307,38 @@ def test_with_the_panel_lookup_the_shipped_model_points_where_its_question_and_i
                 assert len(listed) == 1 and place == listed[0], candidate.text[:300]
             on_panel.append(share_on(candidate.mask, panel_region(place, canvas.shape[:2])) >= 0.8)
     assert np.mean(on_panel) >= 0.8, on_panel
+
+
+@pytest.mark.slow  # the shipped model
+def test_a_size_question_points_to_the_panel_where_the_segmenter_draws_that_lesion():
+    """A composite of one breast scan beside a half-size copy of it (the lesion a quarter of the area): prompted with
+    each panel's box alone, the segmenter draws the larger lesion on the left; every sampled answer to "the smaller
+    of the two" whose own list reads two breast ultrasounds points to the right panel, "the larger" to the left."""
+    import re
+
+    import cv2
+
+    from coreseg.composites import build_composite
+    from coreseg.config import DEFAULT_CHECKPOINT
+    from coreseg.findings import MODALITY_WORDS, read_panel
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
+    scan = cv2.imread(str(Path(DEFAULT_CHECKPOINT).parent / "examples" / "bus_0165-r.png"))[:, :, ::-1]
+    half = np.zeros_like(scan)
+    h, w = scan.shape[:2]
+    half[h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2] = cv2.resize(scan, (w // 2, h // 2))
+    canvas, _ = build_composite([scan, half], [np.zeros((h, w), bool)] * 2, (1, 2), [0, 1])
+    embedding = predictor.embedding(canvas)
+    left, right = (predictor.model.panel_lesion_area(embedding, p, canvas.shape[:2]) for p in ("left", "right"))
+    assert left > 2 * right > 0, (left, right)
+    read_two = 0
+    for question, expected in (("Outline the smaller of the two breast masses.", "right"),
+                               ("Outline the larger of the two breast masses.", "left")):
+        for candidate in predictor.predict(canvas, question, n_candidates=3, temperature=0.7, seed=3):
+            listed = re.findall(r"(a [a-z ]+?) \((left|right)\)", candidate.text)
+            if [m for m, _ in listed] == [MODALITY_WORDS["busbra"]] * 2 and "asks for the" in candidate.text:
+                read_two += 1
+                assert read_panel(candidate.text) == expected, candidate.text[:400]
+    assert read_two >= 3, read_two

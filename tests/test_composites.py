@@ -430,8 +430,9 @@ def test_development_composites_hold_only_held_out_images_and_training_composite
 
 def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_asked_modality():
     """After "points to the", the lookup writes the place the question names, else the one place the reasoning's
-    own panel list gives the modality it says is asked; two such places (a size question), none, or no panel list
-    (a single scan) leave the choice to the reasoner. After "which M shows;" it writes "none of the panels is" where
+    own panel list gives the modality it says is asked; of two such places (a size question) the one where the
+    measure gives the larger (smaller) lesion, and without a measure, with equal areas, with no such place or no panel
+    list (a single scan) the choice is the reasoner's. After "which M shows;" it writes "none of the panels is" where
     the list has no M and bans that denial where it has. Tokens from the shipped tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
@@ -460,6 +461,13 @@ def test_the_panel_lookup_copies_the_questions_place_or_the_lists_entry_for_the_
     assert tokenizer.decode(ids + lookup.tokens(ids)).endswith("points to the upper-right")
     assert guesses_until(ids[:-3], ids[-3:] + tokenizer.encode(" lower-left panel"), [lookup.opens]) == ids[-3:]
     assert PanelLookup(tokenizer, "Outline the larger of the two breast masses.").tokens(tokenizer.encode(size)) == []
+    areas = {"upper-left": 100.0, "lower-left": 300.0}
+    measured = PanelLookup(tokenizer, "Outline the larger of the two breast masses.", areas.get)
+    assert tokenizer.decode(measured.tokens(tokenizer.encode(size))) == " lower-left"   # the larger lesion's panel
+    smaller = size.replace("the larger", "the smaller")
+    assert tokenizer.decode(measured.tokens(tokenizer.encode(smaller))) == " upper-left"
+    tie = PanelLookup(tokenizer, "Outline the larger of the two breast masses.", lambda place: 5.0)
+    assert tie.tokens(tokenizer.encode(size)) == []                                      # equal: the reasoner's
     sampled = ids + lookup.tokens(ids) + tokenizer.encode(" panel, a colonoscopy view.")
     assert [tokenizer.decode([t]) for t, w in zip(sampled, lookup.written(sampled)) if w] == [" upper", "-", "right"]
     other = ids + tokenizer.encode(" lower-left panel.")   # not what the lookup writes: the policy's own

@@ -194,7 +194,8 @@ def feedback_groups(cases: list[FeedbackCase], cfg: GRPOConfig, batch_cases: int
                     stats["stored_used"] = stats.get("stored_used", 0) + 1
                 else:
                     stats["stored_unusable"] = stats.get("stored_unusable", 0) + 1
-            fresh_ids, fresh_logps = sample_group(predictor, case.image, case.embedding, case.question, cfg, generator)
+            fresh_ids, fresh_logps = sample_group(predictor, case.image, case.embedding, case.question, cfg, generator,
+                                                   case.size)
             ids += fresh_ids
             logps += fresh_logps
             ranks += [None] * len(fresh_ids)  # fresh samples: no human term (see the module docstring)
@@ -203,7 +204,7 @@ def feedback_groups(cases: list[FeedbackCase], cfg: GRPOConfig, batch_cases: int
             groups.append(Group(case.image, case.embedding, case.target,
                                 scale_boxes(case.boxes, case.size, (frame, frame)), case.question, ids, logps,
                                 {"human_rank": ranks, "human_rating": ratings, "group_id": [case.case_id] * len(ids)},
-                                sampling=sampling))
+                                sampling=sampling, size=case.size))
         return groups
 
     return make

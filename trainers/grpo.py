@@ -57,7 +57,7 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
             rng = random.Random(f"{seed}-{step}-{index}")  # per case: the same wording however processes split a step
             sample = case.sample(rng, frame)
             embedding = case.embedding.to(predictor.device)
-            ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator)
+            ids, logps = sample_group(predictor, case.image, embedding, sample.question, cfg, generator, case.size)
             columns = {**consistency_columns(case, len(ids)), "pointing": [sample.pointing] * len(ids)}
             written = predictor.model.encode_target(sample.answer) if cfg.text_weight else None  # only when trained on
             anchors = None
@@ -65,7 +65,7 @@ def ground_truth_groups(cases, cfg: GRPOConfig, batch_cases: int, seed: int):
                 picked = [case.named_in(predictor.decode_text(c)) for c in ids]
                 anchors = torch.cat([sample.target if named is None else case.target(named) for named in picked])
             groups.append(Group(case.image, case.embedding, sample.target, sample.boxes, sample.question, ids, logps,
-                                columns, target_ids=written, anchor_targets=anchors))
+                                columns, target_ids=written, anchor_targets=anchors, size=case.size))
         return groups
 
     return make

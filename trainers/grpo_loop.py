@@ -68,6 +68,7 @@ class Group:
     target_ids: list[int] | None = None  # the case's written answer (ground truth mode), for `text_weight`
     anchor_targets: torch.Tensor | None = None  # n × 1 × 256 × 256: each completion's own anchor target
     #                                             (`anchor_follows_text`); None: `target` for every completion
+    size: tuple[int, int] | None = None  # the image's (H, W), where the panel lookup measured (`sample_group`)
 
     def sampling_of(self, i: int, cfg: "GRPOConfig") -> tuple[float, float]:
         """The distribution completion `i` was sampled from, for re-scoring it."""
@@ -75,12 +76,13 @@ class Group:
 
 
 def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, cfg: GRPOConfig,
-                 generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:
+                 generator: torch.Generator, size: tuple[int, int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
     """The group's completions and their log-probabilities; a compact reasoner's drafter learns the policy's
     phrasing from them (its checkpoint then samples as fast as the policy writes)."""
     model = predictor.model
     reasoner = model.reasoner
-    lookup = model.panel_lookup(question)
+    size = size or (None if image is None else image.shape[:2])  # the image's (H, W): where the lookup measures
+    lookup = model.panel_lookup(question, embedding, size)
     with torch.no_grad():
         if model.box_writer is not None or lookup is not None:  # boxes and panels written as the app writes them
             sampled = reasoner.sample(image, embedding, question, cfg.group_size, cfg.temperature, cfg.top_p,
@@ -97,11 +99,11 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
 
 
 def _chosen_tokens(model: CoreSeg):
-    """(completion, question) → the positions of the tokens the policy chose: all but those the box writer and the
+    """(completion, question, the image's embedding and size) → the positions of the tokens the policy chose: all but those the box writer and the
     panel lookup wrote."""
-    def chosen(ids: list[int], question: str) -> list[int]:
+    def chosen(ids: list[int], question: str, embedding=None, size=None) -> list[int]:
         written = [False] * len(ids) if model.box_writer is None else model.brackets.written(ids)
-        lookup = model.panel_lookup(question)
+        lookup = model.panel_lookup(question, embedding, size)
         if lookup is not None:
             written = [a or b for a, b in zip(written, lookup.written(ids))]
         return [k for k, w in enumerate(written) if not w]
@@ -214,7 +216,7 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
             continue
         for i, ids in enumerate(g.completions):
             temperature, top_p = g.sampling_of(i, cfg)
-            at = chosen(ids, g.question)  # the positions of the tokens the policy chose (not the writer's, the lookup's)
+            at = chosen(ids, g.question, g.embedding, g.size)  # the positions of the tokens the policy chose (not the writer's, the lookup's)
             picked = [ids[k] for k in at]
             new = _token_logps(logits[i][at], picked, temperature, top_p)
             old = torch.tensor([g.old_logps[i][k] for k in at], device=new.device, dtype=new.dtype)

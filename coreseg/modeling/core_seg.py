@@ -14,7 +14,8 @@ from torch import nn
 
 from coreseg.answer import SEG_TOKEN
 from coreseg.config import ModelConfig
-from coreseg.geometry import LOW_RES
+from coreseg.findings import panel_box
+from coreseg.geometry import LOW_RES, Frames
 from coreseg.metrics import mask_box
 from coreseg.modeling.box_pointer import BoxPointer, ImageStates
 from coreseg.modeling.box_writer import Brackets, BoxWriting
@@ -90,12 +91,26 @@ class CoreSeg(nn.Module):
             grown.box_writer.load_state_dict(self.adapter.pointer.state_dict(), strict=False)
         return grown.to(next(self.parameters()).device)
 
-    def panel_lookup(self, question: str) -> PanelLookup | None:
+    def panel_lookup(self, question: str, embedding: torch.Tensor | None = None,
+                     size: tuple[int, int] | None = None) -> PanelLookup | None:
         """The sampling hook that copies a composite's panel after "points to the" (`ModelConfig.panel_lookup`; the
-        compact reasoner only)."""
+        compact reasoner only); with the image's `embedding` and `size` it measures a size question's two panels."""
         if not self.config.panel_lookup or self.config.profile != "compact":
             return None
-        return PanelLookup(self.reasoner.tokenizer, question)
+        measure = None
+        if embedding is not None and size is not None:
+            def measure(place: str) -> float:
+                return self.panel_lesion_area(embedding, place, size)
+        return PanelLookup(self.reasoner.tokenizer, question, measure)
+
+    @torch.no_grad()
+    def panel_lesion_area(self, embedding: torch.Tensor, place: str, size: tuple[int, int]) -> float:
+        """The pixels (decoder frame) of the lesion the segmenter draws in a composite's panel, prompted with the
+        panel's box alone: how the panel lookup tells the larger of two findings of a kind from the smaller."""
+        box = Frames.of(self, size).box(panel_box(place, size), "image", "segmenter")
+        logits, _ = self.segmenter.decode(embedding, boxes=torch.tensor([box], dtype=torch.float32,
+                                                                        device=embedding.device))
+        return float((logits[0, 0] > 0).sum())
 
     def box_writing(self, image: ImageStates, embedding: torch.Tensor) -> BoxWriting | None:
         """The sampling hook that writes answer boxes for one image (its reasoner states and its embedding,

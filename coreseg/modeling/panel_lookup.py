@@ -15,21 +15,28 @@ has no colonoscopy view the lookup writes "none of the panels is"; where it has 
 denial (`banned`) and goes on in its own words (the shipped model writes "it points to the …", the later training
 texts "that is …"; `coreseg.findings.lookup_presence`): with the place lookup alone the shipped model denied a
 listed modality in 4 of 24 kind questions. What is copied is the reasoner's: its reading of the image (the list) and of the question (the
-modality). Single scans write neither trigger and are unchanged. `ModelConfig.panel_lookup` (on by default;
+modality). Where the list gives the asked kind two places (a "larger" or "smaller" question), the segmenter
+measures: prompted with each panel's box alone (as the box writer's boxes are refined), the panel where it draws
+the larger (smaller) lesion is written (`by_size`): the reasoner's own choice named the asked one in 9 of 16
+validation size questions and 7 of 17 development ones, this measure 13 and 11. Single scans write neither trigger and are unchanged. `ModelConfig.panel_lookup` (on by default;
 `coreseg.eval --set panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the tokens it
 wrote out of the policy loss (`written`), as it does the box writer's coordinates.
 """
 from __future__ import annotations
 
-from coreseg.findings import ASKS, NO_PANEL, POINTING, PRESENT, lookup_places, lookup_presence
+from typing import Callable
+
+from coreseg.findings import ASKS, NO_PANEL, POINTING, PRESENT, lookup_places, lookup_presence, size_asked
 
 
 class PanelLookup:
     """The sampler's hook for one question (`coreseg.modeling.sampling.sample_tokens(lookup=)`)."""
 
-    def __init__(self, tokenizer, question: str):
+    def __init__(self, tokenizer, question: str, lesion_area: Callable[[str], float] | None = None):
         self.tokenizer = tokenizer
         self.question = question
+        self.lesion_area = lesion_area   # place → pixels the segmenter draws in that panel (`CoreSeg.panel_lesion_area`)
+        self.areas: dict[str, float] = {}
         self.triggers = [tokenizer.encode(f" {POINTING}"), tokenizer.encode(f" {ASKS}")]
         self.denial = tokenizer.encode(f" {NO_PANEL}")
 
@@ -42,9 +49,23 @@ class PanelLookup:
         exactly one is looked up, "none of the panels is" after "which M shows;" where the list has no M; else []."""
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         if ids[-len(self.triggers[0]):] == self.triggers[0]:
-            places = lookup_places(self.question, text)
+            places = self.by_size(lookup_places(self.question, text), size_asked(text))
             return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
         return self.denial if lookup_presence(text) == NO_PANEL else []
+
+    def by_size(self, places: list[str], asked: str | None) -> list[str]:
+        """Of two places the list gives a size question ("larger" or "smaller" `asked`), the one where the segmenter,
+        prompted with the panel's box alone, draws the larger or smaller lesion; `places` as they are otherwise
+        (no measure, not two, equal areas)."""
+        if len(places) != 2 or asked is None or self.lesion_area is None:
+            return places
+        for place in places:
+            if place not in self.areas:
+                self.areas[place] = self.lesion_area(place)
+        first, second = (self.areas[p] for p in places)
+        if first == second:
+            return places
+        return [places[0] if (first > second) == (asked == "larger") else places[1]]
 
     def banned(self, ids: list[int]) -> list[int]:
         """The tokens the model may not write after `ids`: the denial's first after "which M shows;" where the
