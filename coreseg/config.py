@@ -78,6 +78,8 @@ class ModelConfig:
                                           # the reasoning names a composite's panel) or "always"
     panel_lookup: bool = True             # after "points to the", a composite's panel is copied from the question or
                                           # the reasoning's own panel list (panel_lookup.py), where that gives one
+    mask_within_panel: bool = True        # where the reasoning names a composite's panel, its mask is cut to that
+                                          # panel (a lesion does not cross a panel's border)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,7 +16,7 @@ from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.candidate import Candidate
 from coreseg.cache import LRU
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
-from coreseg.findings import read_panel
+from coreseg.findings import panel_region, read_panel
 from coreseg.geometry import Frames
 from coreseg.modeling.sampling import Sampled
 
@@ -51,6 +51,7 @@ class CoreSegPredictor:
         self.model_version = model_version
         self.trained = trained
         self.cache = EmbeddingCache(cache_size)
+        self.encoder_version = model_version   # what the cached embeddings are keyed by (`reuse_embeddings`)
         self.decoder_images = LRU(4)  # the decoder's image side (12 MB each) of the images being refined
         self.concurrency = int(concurrency)
         self._slots = threading.BoundedSemaphore(self.concurrency)
@@ -65,6 +66,16 @@ class CoreSegPredictor:
         model, info = load_or_build(path, device)
         model.segmenter.use_encoder_backend(encoder_backend)
         return cls(model, info.model_version, info.trained, concurrency=concurrency)
+
+    def reuse_embeddings(self, other: "CoreSegPredictor") -> bool:
+        """Share `other`'s embedding cache where both models' image encoders hold the same weights: training keeps
+        the encoder frozen, so a feedback round's new version need not encode what its base encoded. Returns
+        whether they are shared."""
+        mine, theirs = (p.model.segmenter.image_encoder.state_dict() for p in (self, other))
+        if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k].to(mine[k].device)) for k in mine):
+            return False
+        self.cache, self.encoder_version = other.cache, other.encoder_version
+        return True
 
     @property
     def device(self) -> torch.device:
@@ -81,7 +92,7 @@ class CoreSegPredictor:
 
     def embedding(self, image: np.ndarray) -> torch.Tensor:
         """The cached image embedding; encoding a new image takes a model slot like any model call."""
-        key = pixel_key(image, self.model_version)
+        key = pixel_key(image, self.encoder_version)
         cached = self.cache.get(key)
         if cached is None:
             with self._model_context():
@@ -90,7 +101,7 @@ class CoreSegPredictor:
 
     def _embedding(self, image: np.ndarray, key: str | None = None) -> torch.Tensor:
         """The cached image embedding, computed on first use (the caller holds a model slot)."""
-        key = key or pixel_key(image, self.model_version)
+        key = key or pixel_key(image, self.encoder_version)
         cached = self.cache.get(key)
         if cached is None:
             cached = self.model.segmenter.encode(image)
@@ -160,14 +171,16 @@ class CoreSegPredictor:
                           model_version=self.model_version, sampling={**sampling, "index": i}, trained=self.trained)
                 for i in range(len(ids))]
 
-    @staticmethod
-    def _answer_mask(text: str, low_res: torch.Tensor, height: int, width: int) -> np.ndarray:
+    def _answer_mask(self, text: str, low_res: torch.Tensor, height: int, width: int) -> np.ndarray:
         """The mask an answer stands for: empty when it says the target is absent, or has no `<seg>`
-        (unparsable: no probe, a failure)."""
+        (unparsable: no probe, a failure); cut to the panel where its reasoning names a composite's panel
+        (`ModelConfig.mask_within_panel`: a decoded mask may spill over the border onto the next tile)."""
         answer = parse_answer(text, (height, width)).answer
         if (answer is not None and not answer.present) or SEG_TOKEN not in text:
             return np.zeros((height, width), dtype=bool)
-        return Frames((height, width)).mask(low_res)
+        mask = Frames((height, width)).mask(low_res)
+        place = read_panel(answer.reasoning) if answer is not None and self.model.config.mask_within_panel else None
+        return mask & panel_region(place, mask.shape) if place is not None else mask
 
     def frames(self, size: tuple[int, int]) -> Frames:
         """The coordinate frames of an image of `size` (height, width) for this model."""
@@ -225,7 +238,7 @@ class CoreSegPredictor:
         frames = self.frames((height, width))
         if box is None:
             box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
-        key = pixel_key(image, self.model_version)
+        key = pixel_key(image, self.encoder_version)
         with self._model_context():
             embedding = self._embedding(image, key)
             points = None

@@ -242,7 +242,10 @@ def test_a_box_goes_on_the_panel_the_reasoning_names():
 def test_where_the_reasoning_names_a_panel_the_written_box_also_prompts_the_mask():
     """`ModelConfig.box_prompt = "panel"` (the default): an answer whose reasoning names a composite's panel has its
     mask drawn with its first box beside the probe (the same mask as "always" gives it), and the box moves it onto
-    that panel; the same answer without the pointing sentence keeps the probe's mask ("never")."""
+    that panel; the same answer without the pointing sentence keeps the probe's mask ("never"). Served
+    (`mask_within_panel`), the named answer's mask is then cut to its panel and the other left as drawn."""
+    from dataclasses import replace
+
     import cv2
 
     from coreseg.config import DEFAULT_CHECKPOINT
@@ -263,12 +266,20 @@ def test_where_the_reasoning_names_a_panel_the_written_box_also_prompts_the_mask
     box = (20, 90, 100, 170)  # on the left panel, where the probe alone does not draw
     named, plain = (predictor.model.encode_target(render_answer(text, "lesion", [box]))
                     for text in (f"The question points to the left panel. {body}", body))
+    served = predictor.model.config
+    predictor.model.config = replace(served, mask_within_panel=False)   # the decoder's own masks, not cut
     masks = {rule: [c.mask for c in predictor.score_completions(canvas, "Outline the lesion.", [named, plain], rule)]
              for rule in (None, "never", "always")}
     left = panel_region("left", canvas.shape[:2])
     assert dice(masks[None][0], masks["always"][0]) == 1.0 and dice(masks[None][1], masks["never"][1]) == 1.0
     assert share_on(masks[None][0], left) >= 0.8 > share_on(masks["never"][0], left), \
         (share_on(masks[None][0], left), share_on(masks["never"][0], left))
+
+    predictor.model.config = served   # `mask_within_panel` (the default): the named answer's mask is cut to its panel
+    assert served.mask_within_panel
+    cut = [c.mask for c in predictor.score_completions(canvas, "Outline the lesion.", [named, plain], "never")]
+    assert (masks["never"][0] & ~left).any() and cut[0].any()
+    assert np.array_equal(cut[0], masks["never"][0] & left) and np.array_equal(cut[1], masks["never"][1])
 
 
 @pytest.mark.slow  # the shipped model

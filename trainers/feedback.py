@@ -290,6 +290,8 @@ def run_rounds(args) -> list[dict]:
         model, info = load_checkpoint(base_path, device="cpu")
         base_version = info.model_version
         base_predictor = CoreSegPredictor(model, base_version, info.trained)
+        for case in cases:   # encoded once: the round trains with the image encoder frozen
+            case.embedding = base_predictor.embedding(case.image)
         before = {"held_out": evaluate_cases(base_predictor, held, cfg.weights),
                   "train": evaluate_cases(base_predictor, train, cfg.weights)}
         if args.data:
@@ -303,6 +305,7 @@ def run_rounds(args) -> list[dict]:
         model, _ = load_checkpoint(last, device="cpu")
         checkpoint = save_checkpoint(model, folder / "checkpoint", new_version, parent=base_version)
         new_predictor = CoreSegPredictor(model, new_version)
+        new_predictor.reuse_embeddings(base_predictor)
         after = {"held_out": evaluate_cases(new_predictor, held, cfg.weights),
                  "train": evaluate_cases(new_predictor, train, cfg.weights)}
         if args.data:
