@@ -108,9 +108,9 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
     token that closes the box from the tempered softmax renormalised over `writer.closers`; its log-probability is
     the unrestricted tempered softmax's, finite for GRPO's ratio. With a `lookup`
     (`coreseg.modeling.panel_lookup.PanelLookup`), where a row's kept tokens end with "points to the" the panel it
-    looks up is fed the same way (no closing rule after it), and the tokens it bans there (`lookup.banned`) are
-not drawn (p renormalised without them; their log-probability stays the unrestricted one). Returns also, per row and token, whether the writer or
-    the lookup wrote it."""
+    looks up is fed the same way (no closing rule after it), and the tokens it bans after its triggers
+    (`lookup.banned`) are not drawn (p renormalised without them; the drawn token's log-probability stays the
+    unrestricted one). Returns also, per row and token, whether the writer or the lookup wrote it."""
     rows = first_logits.shape[0]
     device = first_logits.device
     greedy = temperature <= 0
