@@ -144,6 +144,8 @@ def test_crash_mid_round_then_resume_gives_one_version(loop, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     result = json.loads((out / "round-1" / "done.json").read_text())
     assert result["new_version"] == "crash-v"
+    before = json.loads((out / "round-1" / "before.json").read_text())   # the base scored once, before the kill
+    assert {k: v["base"] for k, v in result["eval"].items()} == before
     store = FeedbackStore(work)
     names = [v["name"] for v in store.list_model_versions()]
     assert names.count("crash-v") == (1 if result["registered"] else 0)

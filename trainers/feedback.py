@@ -292,10 +292,17 @@ def run_rounds(args) -> list[dict]:
         base_predictor = CoreSegPredictor(model, base_version, info.trained)
         for case in cases:   # encoded once: the round trains with the image encoder frozen
             case.embedding = base_predictor.embedding(case.image)
-        before = {"held_out": evaluate_cases(base_predictor, held, cfg.weights),
-                  "train": evaluate_cases(base_predictor, train, cfg.weights)}
-        if args.data:
-            before["val"] = _val_eval(base_predictor, args.data, args.limit or 20, args.sets)
+        before_path = folder / "before.json"   # the base's scores, kept so that a resumed round does not redo them
+        if resumed and before_path.exists():
+            before = json.loads(before_path.read_text())
+        else:
+            before = {"held_out": evaluate_cases(base_predictor, held, cfg.weights),
+                      "train": evaluate_cases(base_predictor, train, cfg.weights)}
+            if args.data:
+                before["val"] = _val_eval(base_predictor, args.data, args.limit or 20, args.sets)
+            partial = before_path.with_suffix(".partial")
+            partial.write_text(json.dumps(before))
+            partial.replace(before_path)
         new_version = args.version or f"{base_version}+fb{k}"
         steps = args.steps or 2 * math.ceil(len(train) / args.batch_cases)
         stats: dict = {}
