@@ -99,13 +99,17 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
 
 
 def _chosen_tokens(model: CoreSeg):
-    """(completion, question, the image's embedding and size) → the positions of the tokens the policy chose: all but those the box writer and the
-    panel lookup wrote."""
+    """(completion, question, the image's embedding and size) → the positions of the tokens the policy chose: all
+    but those the box writer and the panel lookup wrote (one lookup per question and image: it measures once)."""
+    lookups: dict = {}
+
     def chosen(ids: list[int], question: str, embedding=None, size=None) -> list[int]:
         written = [False] * len(ids) if model.box_writer is None else model.brackets.written(ids)
-        lookup = model.panel_lookup(question, embedding, size)
-        if lookup is not None:
-            written = [a or b for a, b in zip(written, lookup.written(ids))]
+        key = (question, id(embedding), size)
+        if key not in lookups:
+            lookups[key] = model.panel_lookup(question, embedding, size)
+        if lookups[key] is not None:
+            written = [a or b for a, b in zip(written, lookups[key].written(ids))]
         return [k for k, w in enumerate(written) if not w]
 
     return chosen
@@ -216,7 +220,7 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
             continue
         for i, ids in enumerate(g.completions):
             temperature, top_p = g.sampling_of(i, cfg)
-            at = chosen(ids, g.question, g.embedding, g.size)  # the positions of the tokens the policy chose (not the writer's, the lookup's)
+            at = chosen(ids, g.question, g.embedding, g.size)  # the tokens the policy chose (not the writer's, the lookup's)
             picked = [ids[k] for k in at]
             new = _token_logps(logits[i][at], picked, temperature, top_p)
             old = torch.tensor([g.old_logps[i][k] for k in at], device=new.device, dtype=new.dtype)

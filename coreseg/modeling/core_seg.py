@@ -107,9 +107,10 @@ class CoreSeg(nn.Module):
     def panel_lesion_area(self, embedding: torch.Tensor, place: str, size: tuple[int, int]) -> float:
         """The pixels (decoder frame) of the lesion the segmenter draws in a composite's panel, prompted with the
         panel's box alone: how the panel lookup tells the larger of two findings of a kind from the smaller."""
+        device = next(self.segmenter.mask_decoder.parameters()).device
         box = Frames.of(self, size).box(panel_box(place, size), "image", "segmenter")
-        logits, _ = self.segmenter.decode(embedding, boxes=torch.tensor([box], dtype=torch.float32,
-                                                                        device=embedding.device))
+        logits, _ = self.segmenter.decode(embedding.to(device), boxes=torch.tensor([box], dtype=torch.float32,
+                                                                                   device=device))
         return float((logits[0, 0] > 0).sum())
 
     def box_writing(self, image: ImageStates, embedding: torch.Tensor) -> BoxWriting | None:
