@@ -131,9 +131,9 @@ def test_grpo_leaves_the_written_coordinates_out_of_the_policy_loss():
     model, _, completion, boxes, _ = _two_blob_model()
     tokenizer = model.reasoner.tokenizer
     question = "Outline the lesion."
-    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model)(completion, question)]
+    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model, completion, model.panel_lookup(question))]
     left_out = [tokenizer.decode([t]) for k, t in enumerate(completion)
-                if k not in _chosen_tokens(model)(completion, question)]
+                if k not in _chosen_tokens(model, completion, model.panel_lookup(question))]
     assert "".join(left_out).replace(" ", "") == "".join(f"{x1},{y1},{x2},{y2}" for x1, y1, x2, y2 in boxes)
     assert "<seg>" in chosen and " [[" in chosen and "]]." in chosen and "<answer>" in chosen
     # on a composite the panel the lookup wrote after "points to the" is left out too (and only that)
@@ -141,10 +141,10 @@ def test_grpo_leaves_the_written_coordinates_out_of_the_policy_loss():
                                 "colonoscopy view (right). The question asks for a polyp, which a colonoscopy view "
                                 "shows; it points to the right panel.")
     left_out = [tokenizer.decode([t]) for k, t in enumerate(pointing + completion)
-                if k not in _chosen_tokens(model)(pointing + completion, "Outline the polyp.")]
+                if k not in _chosen_tokens(model, pointing + completion, model.panel_lookup("Outline the polyp."))]
     assert "".join(left_out).replace(" ", "") == "right" + "".join(f"{x1},{y1},{x2},{y2}" for x1, y1, x2, y2 in boxes)
     model.box_writer = None
-    assert _chosen_tokens(model)(completion, question) == list(range(len(completion)))
+    assert _chosen_tokens(model, completion, model.panel_lookup(question)) == list(range(len(completion)))
 
 
 def test_a_grown_writer_starts_from_the_seg_pointer_and_keeps_the_sampling_guesses():

@@ -20,6 +20,7 @@ from coreseg.checkpoint import save_checkpoint
 from coreseg.metrics import dice
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.losses import token_cross_entropy
+from coreseg.modeling.panel_lookup import PanelLookup
 from coreseg.modeling.sampling import sampling_logprobs
 from coreseg.precision import use_bf16
 from coreseg.predictor import CoreSegPredictor
@@ -98,21 +99,13 @@ def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, c
     return ids, logps
 
 
-def _chosen_tokens(model: CoreSeg):
-    """(completion, question, the image's embedding and size) → the positions of the tokens the policy chose: all
-    but those the box writer and the panel lookup wrote (one lookup per question and image: it measures once)."""
-    lookups: dict = {}
-
-    def chosen(ids: list[int], question: str, embedding=None, size=None) -> list[int]:
-        written = [False] * len(ids) if model.box_writer is None else model.brackets.written(ids)
-        key = (question, id(embedding), size)
-        if key not in lookups:
-            lookups[key] = model.panel_lookup(question, embedding, size)
-        if lookups[key] is not None:
-            written = [a or b for a, b in zip(written, lookups[key].written(ids))]
-        return [k for k, w in enumerate(written) if not w]
-
-    return chosen
+def _chosen_tokens(model: CoreSeg, ids: list[int], lookup: PanelLookup | None) -> list[int]:
+    """The positions of a completion's tokens the policy chose: all but those the box writer and the panel lookup
+    (the one it was sampled with, `CoreSeg.panel_lookup`) wrote."""
+    written = [False] * len(ids) if model.box_writer is None else model.brackets.written(ids)
+    if lookup is not None:
+        written = [a or b for a, b in zip(written, lookup.written(ids))]
+    return [k for k, w in enumerate(written) if not w]
 
 
 def _token_logps(logits: torch.Tensor, ids: list[int], temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -214,13 +207,13 @@ def grpo_loss(model: CoreSeg, reference: ReferencePolicy | None, groups: list[Gr
     advantage_rows, keep_mask, frac_zero_std = _advantages(all_rewards, cfg.scale_rewards,
                                                            cfg.min_reward_spread * reward_range(cfg.weights))
     tokens = 0
-    chosen = _chosen_tokens(model)
     for (logits, ref_logits, g), adv_row, keep in zip(per_group, advantage_rows, keep_mask):
         if not keep:
             continue
+        lookup = model.panel_lookup(g.question, g.embedding, g.size)   # one a group: a size question is measured once
         for i, ids in enumerate(g.completions):
             temperature, top_p = g.sampling_of(i, cfg)
-            at = chosen(ids, g.question, g.embedding, g.size)  # the tokens the policy chose (not the writer's, the lookup's)
+            at = _chosen_tokens(model, ids, lookup)  # the tokens the policy chose (not the writer's, the lookup's)
             picked = [ids[k] for k in at]
             new = _token_logps(logits[i][at], picked, temperature, top_p)
             old = torch.tensor([g.old_logps[i][k] for k in at], device=new.device, dtype=new.dtype)

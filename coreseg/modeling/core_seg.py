@@ -9,6 +9,8 @@ reward). No other token stands in for `<seg>`.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -97,10 +99,7 @@ class CoreSeg(nn.Module):
         compact reasoner only); with the image's `embedding` and `size` it measures a size question's two panels."""
         if not self.config.panel_lookup or self.config.profile != "compact":
             return None
-        measure = None
-        if embedding is not None and size is not None:
-            def measure(place: str) -> float:
-                return self.panel_lesion_area(embedding, place, size)
+        measure = None if embedding is None or size is None else partial(self.panel_lesion_area, embedding, size=size)
         return PanelLookup(self.reasoner.tokenizer, question, measure)
 
     @torch.no_grad()

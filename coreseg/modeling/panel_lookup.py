@@ -29,6 +29,10 @@ from typing import Callable
 from coreseg.findings import ASKS, NO_PANEL, POINTING, PRESENT, lookup_places, lookup_presence, size_asked
 
 
+def _ends_with(ids: list[int], tail: list[int]) -> bool:
+    return len(ids) >= len(tail) and ids[-len(tail):] == tail
+
+
 class PanelLookup:
     """The sampler's hook for one question (`coreseg.modeling.sampling.sample_tokens(lookup=)`)."""
 
@@ -42,13 +46,13 @@ class PanelLookup:
 
     def opens(self, ids: list[int]) -> bool:
         """Whether a completion's tokens end with the words after which the lookup may write."""
-        return any(len(ids) >= len(t) and ids[-len(t):] == t for t in self.triggers)
+        return any(_ends_with(ids, t) for t in self.triggers)
 
     def tokens(self, ids: list[int]) -> list[int]:
         """The tokens to write after `ids` (which end with a trigger): the panel after "points to the" where
         exactly one is looked up, "none of the panels is" after "which M shows;" where the list has no M; else []."""
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        if ids[-len(self.triggers[0]):] == self.triggers[0]:
+        if _ends_with(ids, self.triggers[0]):
             places = self.by_size(lookup_places(self.question, text), size_asked(text))
             return self.tokenizer.encode(f" {places[0]}") if len(places) == 1 else []
         return self.denial if lookup_presence(text) == NO_PANEL else []
@@ -70,7 +74,7 @@ class PanelLookup:
     def banned(self, ids: list[int]) -> list[int]:
         """The tokens the model may not write after `ids`: the denial's first after "which M shows;" where the
         reasoning's own list has M; else []."""
-        if not self.opens(ids) or ids[-len(self.triggers[1]):] != self.triggers[1]:
+        if not _ends_with(ids, self.triggers[1]):
             return []
         return self.denial[:1] if lookup_presence(self.tokenizer.decode(ids, skip_special_tokens=False)) == PRESENT else []
 
