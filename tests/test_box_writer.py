@@ -131,7 +131,8 @@ def test_grpo_leaves_the_written_coordinates_out_of_the_policy_loss():
     model, _, completion, boxes, _ = _two_blob_model()
     tokenizer = model.reasoner.tokenizer
     question = "Outline the lesion."
-    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model, completion, model.panel_lookup(question))]
+    lookup = model.panel_lookup(question)
+    chosen = [tokenizer.decode([completion[k]]) for k in _chosen_tokens(model, completion, lookup)]
     left_out = [tokenizer.decode([t]) for k, t in enumerate(completion)
                 if k not in _chosen_tokens(model, completion, model.panel_lookup(question))]
     assert "".join(left_out).replace(" ", "") == "".join(f"{x1},{y1},{x2},{y2}" for x1, y1, x2, y2 in boxes)

@@ -59,7 +59,8 @@ class CompositeCase(CompositeScan):
         if way == "place":
             return f"The question points to the {place} panel."
         wanted = f"a {KINDS[asked][0]}" if way == "kind" else f"the {self._size_word(named[0])} of the two {KINDS[asked][1]}"
-        return f"The question asks for {wanted}, which {modality} {ASKS} {PRESENT} {modality} ({place}), so it points to the {place} panel."
+        return (f"The question asks for {wanted}, which {modality} {ASKS} {PRESENT} {modality} ({place}), so it points "
+                f"to the {place} panel.")
 
     def opening(self, way: str, pointing: str) -> str:
         """The reasoning's first sentences: the panel list, then the pointing sentence that looks the question's

@@ -77,7 +77,8 @@ class Group:
 
 
 def sample_group(predictor: CoreSegPredictor, image, embedding, question: str, cfg: GRPOConfig,
-                 generator: torch.Generator, size: tuple[int, int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+                 generator: torch.Generator,
+                 size: tuple[int, int] | None = None) -> tuple[list[list[int]], list[list[float]]]:
     """The group's completions and their log-probabilities; a compact reasoner's drafter learns the policy's
     phrasing from them (its checkpoint then samples as fast as the policy writes)."""
     model = predictor.model

@@ -6,21 +6,22 @@ validation composites it named the asked kind's panel in 7 of 24 kind questions 
 in all 31 place questions it named wrongly it wrote "…-right" where the question said "…-left". Where the question
 names a place, or the reasoning's own list gives the asked modality exactly one place
 (`coreseg.findings.lookup_places`), the sampler writes that place's tokens after "points to the" (fed as sure
-tokens, as the box writer's coordinates are); where the list gives two (below) or none, the reasoner chooses. On those 40 composites (`coreseg.eval --split val --limit 0 --composites 40`) it raised
-referring accuracy from 64.2 to 86.1 % and the mDice on the asked tiles from 0.547 to 0.714.
+tokens, as the box writer's coordinates are); where the list gives two (below) or none, the reasoner chooses. On
+those 40 composites (`coreseg.eval --split val --limit 0 --composites 40`) it raised referring accuracy from 64.2 to
+86.1 % and the mDice on the asked tiles from 0.547 to 0.714.
 
 The fork before it holds to the list too, after "… which a colonoscopy view shows;": where the reasoning's own
 list has no colonoscopy view the lookup writes "none of the panels is"; where it has one the model may not start
 that denial (`banned`) and goes on in its own words (the shipped model writes "it points to the …", the later
 training texts "that is …"; `coreseg.findings.lookup_presence`). With the place lookup alone the shipped model
 denied a listed modality in 4 of 24 validation kind questions. Where the list gives the asked kind two places (a
-"larger" or "smaller" question), the segmenter measures instead (`by_size`): prompted with each panel's box alone (as the
-box writer's boxes are refined), the panel where it draws the larger (smaller) lesion is written; the reasoner's own
-choice named the asked one in 9 of 16 validation and 7 of 17 development size questions, this measure in 13 and
-11. What is copied is the reasoner's reading of the image (the list) and of the question (the modality, the size
-word). Single scans write neither trigger and are unchanged. `ModelConfig.panel_lookup` (on by default;
-`coreseg.eval --set panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the tokens it
-wrote out of the policy loss (`written`), as it does the box writer's coordinates.
+"larger" or "smaller" question), the segmenter measures instead (`by_size`): prompted with each panel's box
+alone (as the box writer's boxes are refined), the panel where it draws the larger (smaller) lesion is written; the
+reasoner's own choice named the asked one in 9 of 16 validation and 7 of 17 development size questions, this
+measure in 13 and 11. What is copied is the reasoner's reading of the image (the list) and of the question (the
+modality, the size word). Single scans write neither trigger and are unchanged. `ModelConfig.panel_lookup` (on by
+default; `coreseg.eval --set panel_lookup=false` compares); GRPO samples with it, as the app does, and leaves the
+tokens it wrote out of the policy loss (`written`), as it does the box writer's coordinates.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class PanelLookup:
     def __init__(self, tokenizer, question: str, lesion_area: Callable[[str], float] | None = None):
         self.tokenizer = tokenizer
         self.question = question
-        self.lesion_area = lesion_area   # place → pixels the segmenter draws in that panel (`CoreSeg.panel_lesion_area`)
+        self.lesion_area = lesion_area   # place → the lesion's pixels there (`CoreSeg.panel_lesion_area`)
         self.areas: dict[str, float] = {}
         self.triggers = [tokenizer.encode(f" {POINTING}"), tokenizer.encode(f" {ASKS}")]
         self.denial = tokenizer.encode(f" {NO_PANEL}")
@@ -76,7 +77,8 @@ class PanelLookup:
         reasoning's own list has M; else []."""
         if not _ends_with(ids, self.triggers[1]):
             return []
-        return self.denial[:1] if lookup_presence(self.tokenizer.decode(ids, skip_special_tokens=False)) == PRESENT else []
+        listed = lookup_presence(self.tokenizer.decode(ids, skip_special_tokens=False)) == PRESENT
+        return self.denial[:1] if listed else []
 
     def written(self, completion: list[int]) -> list[bool]:
         """Per token of a completion sampled with this lookup: whether the lookup wrote it (the policy did not)."""

@@ -167,8 +167,9 @@ def sample_tokens(decoder, first_logits: torch.Tensor, stop_ids: list[int], max_
             allowed[list(writer.closers)] = True
             at = at.clone()
             at[closing] = torch.log_softmax(step.masked_fill(~allowed, float("-inf")), dim=-1)
-        for r in range(rows):   # the lookup's bans (a denial its own panel list contradicts): p renormalised without them
-            banned = [] if lookup is None or done[r] or sure[r] else lookup.banned(ids[r] + drafts[r][:int(accepted[r])])
+        for r in range(rows):   # the lookup's bans (a denial its panel list contradicts): p renormalised without them
+            free = lookup is not None and not done[r] and not sure[r]
+            banned = lookup.banned(ids[r] + drafts[r][:int(accepted[r])]) if free else []
             if banned:
                 at[r, banned] = float("-inf")
                 at[r] = torch.log_softmax(at[r], dim=-1)
