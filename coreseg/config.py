@@ -80,6 +80,9 @@ class ModelConfig:
                                           # the reasoning's own panel list (panel_lookup.py), where that gives one
     mask_within_panel: bool = True        # where the reasoning names a composite's panel, its mask is cut to that
                                           # panel (a lesion does not cross a panel's border)
+    revise_claims: bool = True            # an answer's mask-measurable words (location, size, share, shape,
+                                          # orientation, parts) rewritten to its first mask, and the mask decoded
+                                          # again from the revised answer (claim_revision.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

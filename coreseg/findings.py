@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coreseg.answer import parse_answer
-from coreseg.lesion_facts import measure_mask, thumbnail
+from coreseg.lesion_facts import MaskFacts, measure_mask, thumbnail
 from coreseg.mask_boxes import mask_boxes
 from coreseg.metrics import box_iou
 
@@ -81,6 +81,18 @@ VOCAB: dict[str, dict[str, list[str]]] = {
         "melanoma": ["raise concern for melanoma", "are suspicious for melanoma"],
     },
 }
+# why a shape word was chosen, said after it ("The outline is lobulated (with gentle undulations of its contour)")
+SHAPE_WHY = {"round": "smooth and about as long in every direction", "oval": "smooth and elongated",
+             "lobulated": "with gentle undulations of its contour", "irregular": "with an uneven, angulated contour"}
+# whole sentences the writer says orientation (BUS-BRA) and the number of parts in; "{n}" is a number in words
+ORIENTATION_SENTENCES = {
+    "parallel": ["Its long axis runs parallel to the skin, so it is wider than tall.",
+                 "It is oriented parallel to the skin, wider than tall."],
+    "taller-than-wide": ["It is taller than wide, not parallel to the skin, a suspicious orientation.",
+                         "Its orientation is not parallel to the skin: it is taller than wide."],
+}
+PARTS_SENTENCES = {"several": ["It consists of {n} separate parts.", "The finding is split into {n} separate parts."],
+                   "one": ["It forms a single connected region.", "It is one continuous region."]}
 PH2_DIAGNOSIS_KEYS = {0: "common nevus", 1: "atypical nevus", 2: "melanoma"}
 _LOCATION_NOUNS = r"(?:part|portion|area|region|zone|sector|aspect|quadrant|third|side)"
 _FIELD_NOUNS = r"(?:image|field|view|frame|picture|scan|field of view|photograph)"
@@ -105,12 +117,21 @@ def number_words(n: int) -> str:
     return " ".join(_ONES[int(d)] for d in str(n))
 
 
+def share_words(fraction: float) -> str:
+    """A lesion's share of the image in words: "about four percent", "less than one percent"."""
+    pct = int(round(100 * fraction))
+    return "less than one percent" if pct < 1 else f"about {number_words(pct)} percent"
+
+
+SHARE = re.compile(r"\b(?:about [a-z]+(?:[- ][a-z]+)* percent|less than one percent)\b", re.I)
+
+
 def spell_digits(text: str) -> str:
     """Every run of digits written as words (labels are free text; reasoning must hold no digit)."""
     return re.sub(r"\d+", lambda m: number_words(int(m.group())), str(text))
 
 
-def _words_to_int(word: str) -> int | None:
+def words_to_int(word: str) -> int | None:
     word = word.lower()
     if word.isdigit():
         return int(word)
@@ -127,15 +148,23 @@ def _alternation(phrases) -> str:
     return "|".join(re.escape(p) for p in sorted(set(phrases), key=len, reverse=True))
 
 
-def _first(text: str, table: dict[str, list[str]], suffix: str = "", skip_negated: bool = False) -> str | None:
-    """The key of the first phrase of `table` found in `text` (word-bounded, longest phrase first)."""
+def first_match(text: str, table: dict[str, list[str]], suffix: str = "",
+                 skip_negated: bool = False) -> tuple[str, re.Match] | None:
+    """The key and match (group 1: the phrase) of the first phrase of `table` found in `text` (word-bounded,
+    longest phrase first); None where there is none."""
     owner = {p.lower(): k for k, phrases in table.items() for p in phrases}
     pattern = re.compile(rf"\b({_alternation(owner)})\b{suffix}", re.I)
     for match in pattern.finditer(text):
         if skip_negated and _NEGATION.search(text[:match.start()]):
             continue
-        return owner[match.group(1).lower()]
+        return owner[match.group(1).lower()], match
     return None
+
+
+def _first(text: str, table: dict[str, list[str]], suffix: str = "", skip_negated: bool = False) -> str | None:
+    """The key of the first phrase of `table` found in `text` (`first_match`), or None."""
+    found = first_match(text, table, suffix, skip_negated)
+    return found[0] if found else None
 
 
 def _location_of(key: str) -> tuple[str, str]:
@@ -145,8 +174,7 @@ def _location_of(key: str) -> tuple[str, str]:
     return row, col
 
 
-def read_location(text: str) -> tuple[str | None, str | None] | None:
-    """(row, column) the text states, either may be None for a half statement ("upper part"); None if none."""
+def location_cells() -> dict[str, tuple[str | None, str | None]]:
     cells = {}
     for key, phrases in VOCAB["location"].items():
         for p in phrases:
@@ -155,31 +183,47 @@ def read_location(text: str) -> tuple[str | None, str | None] | None:
         cells.setdefault(p, (row, None))
     for p, col in _COLUMN_ONLY.items():
         cells.setdefault(p, (None, col))
-    words = _alternation(cells)
+    return cells
+
+
+def location_match(text: str) -> re.Match | None:
+    """The first location statement of a text ("upper left part of the image", "in the centre"); its one
+    matched group is the location phrase. None where the text states no location."""
+    words = _alternation(location_cells())
     pattern = re.compile(
         rf"\b({words})\s+(?:{_LOCATION_NOUNS}|half|corner)\b"
         rf"|\b({words})\s+(?:of|in)\s+(?:the\s+)?{_FIELD_NOUNS}\b"
         rf"|\bin\s+the\s+(centre|center|middle)\b(?!\s*(?:left|right|-))", re.I)
-    match = pattern.search(text)
+    return pattern.search(text)
+
+
+def read_location(text: str) -> tuple[str | None, str | None] | None:
+    """(row, column) the text states, either may be None for a half statement ("upper part"); None if none."""
+    match = location_match(text)
     if match is None:
         return None
     phrase = next(g for g in match.groups() if g)
-    return cells[phrase.lower()]
+    return location_cells()[phrase.lower()]
+
+
+SIZE_SUFFIX = r"(?!\s+(?:bowel|intestine))"   # "small bowel" is no size statement
+PARTS_MANY = re.compile(r"\b(\w+) separate parts\b", re.I)
+ONE_PART = re.compile(r"\b(?:single connected region|one continuous region)\b", re.I)
 
 
 def read_statements(text: str) -> dict:
     """What a reasoning text states, in the vocabulary's keys (None where it states nothing)."""
-    size = _first(text, VOCAB["size"], suffix=r"(?!\s+(?:bowel|intestine))")
+    size = _first(text, VOCAB["size"], suffix=SIZE_SUFFIX)
     birads = re.search(r"\bBI-?RADS\W+(?:category\W+)?(\w+)", text, re.I)
-    parts = re.search(r"\b(\w+) separate parts\b", text, re.I)
+    parts = PARTS_MANY.search(text)
     return {
         "location": read_location(text),
         "size": size,
         "shape": _first(text, VOCAB["shape"]),
         "margin": _first(text, VOCAB["margin"]),
-        "parts": (_words_to_int(parts.group(1)) if parts else
-                  1 if re.search(r"\b(?:single connected region|one continuous region)\b", text, re.I) else None),
-        "birads": _words_to_int(birads.group(1)) if birads else None,
+        "parts": (words_to_int(parts.group(1)) if parts else
+                  1 if ONE_PART.search(text) else None),
+        "birads": words_to_int(birads.group(1)) if birads else None,
         "impression": _first(text, VOCAB["impression"]),
         "polyp": re.search(r"\bpolyps?\b", text, re.I) is not None,
     }
@@ -194,7 +238,7 @@ def _fact(facts, name):
     return facts.get(name) if isinstance(facts, dict) else getattr(facts, name)
 
 
-def _location_agrees(said, truth_key: str) -> bool:
+def location_agrees(said, truth_key: str) -> bool:
     truth_row, truth_col = _location_of(truth_key)
     return said is not None and said[0] in (None, truth_row) and said[1] in (None, truth_col)
 
@@ -213,7 +257,7 @@ def check_statements(text: str, facts, set_name: str | None = None, labels: dict
     name the true diagnosis' pattern; Kvasir-SEG, the text must name a polyp.
     """
     said = read_statements(text or "")
-    result = {"location": _location_agrees(said["location"], _fact(facts, "location")),
+    result = {"location": location_agrees(said["location"], _fact(facts, "location")),
               "size": said["size"] == _fact(facts, "size"),
               "shape": said["shape"] == _fact(facts, "shape")}
     key, labels = _set_key(set_name), labels or {}
@@ -328,6 +372,13 @@ def _location_words(said) -> str:
     return " ".join(w for w in (row, col) if w) or "?"
 
 
+def own_mask_measure(mask: np.ndarray) -> tuple[MaskFacts, list[tuple[int, int, int, int]]]:
+    """What an answer's claims are checked on: the mask's facts, measured as training measures them (on a
+    thumbnail), and its part boxes at full size (count and boxes only: no part masks)."""
+    _, small_mask = thumbnail(None, np.asarray(mask).astype(bool))
+    return measure_mask(small_mask), mask_boxes(mask)
+
+
 def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
                  modality: str | None = None) -> list[Finding]:
     """Every checkable claim of an answer against the answer's own `mask` (original pixels).
@@ -351,7 +402,7 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
                    answer.present == has_mask)]
     if not answer.present or not has_mask:
         return out
-    part_boxes = mask_boxes(mask)  # count and boxes only: no part masks at full size
+    facts, part_boxes = own_mask_measure(mask)
     for i, box in enumerate(answer.boxes, 1):
         best = max((box_iou(box, b) for b in part_boxes), default=0.0)
         out.append(Finding(f"box {i}", str(list(box)), f"IoU {best:.2f} with the mask's nearest part", best >= BOX_AGREES_IOU))
@@ -359,12 +410,10 @@ def check_answer(text: str, mask: np.ndarray, image: np.ndarray | None = None,
     if panel is not None:
         share = share_on(mask, panel_region(panel, mask.shape))
         out.append(Finding("panel", panel, f"{share:.0%} of the mask in it", share >= PANEL_SHARE))
-    _, small_mask = thumbnail(None, mask)
-    facts = measure_mask(small_mask)  # measured as training measures: on a thumbnail
     said = read_statements(answer.reasoning)
     if said["location"] is not None:
         out.append(Finding("location", _location_words(said["location"]), facts.location,
-                           _location_agrees(said["location"], facts.location)))
+                           location_agrees(said["location"], facts.location)))
     for claim in ("size", "shape"):
         if said[claim] is not None:
             out.append(Finding(claim, said[claim], getattr(facts, claim), said[claim] == getattr(facts, claim)))

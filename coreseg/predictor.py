@@ -14,6 +14,7 @@ import torch
 
 from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.candidate import Candidate
+from coreseg.claim_revision import revise_claims
 from coreseg.cache import LRU
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.findings import panel_region, read_panel
@@ -129,7 +130,39 @@ class CoreSegPredictor:
             texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in sampled.ids]
             candidates = self._draw(image, embedding, question, sampled, texts, box_prompt,
                                     {"temperature": temperature, "top_p": top_p, "seed": seed})
+            if self.model.config.revise_claims:
+                candidates = self._revised(image, embedding, question, candidates, box_prompt)
         return [c.check(image) for c in candidates]  # claims vs each own mask, outside the model slot
+
+    def _revised(self, image, embedding, question, candidates: list[Candidate], box_prompt) -> list[Candidate]:
+        """The candidates whose mask-measurable words disagree with their first mask, revised
+        (`coreseg.claim_revision`) and drawn again from the revised answer in one teacher-forced pass; the others
+        as they are. A revised candidate's tokens up to the first changed one keep their sampled log-probabilities;
+        from there on each carries the model's own (untempered) one, as the sampler gives the tokens it wrote
+        instead of drawing (`sampling["revised_from"]` says where)."""
+        size = image.shape[:2]
+        revised = {i: revise_claims(c.text, c.mask) for i, c in enumerate(candidates)}
+        revised = {i: text for i, text in revised.items() if text != candidates[i].text}
+        if not revised:
+            return candidates
+        rows = list(revised)
+        ids = [self.model.encode_target(self.to_model_frame(revised[i], size)) for i in rows]
+        logits, hidden, states = self.model.reasoner.forward_completions(
+            [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
+        logps, starts = [], []
+        for i, new, step in zip(rows, ids, logits):
+            old = candidates[i].token_ids
+            start = next((k for k, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+            plain = torch.log_softmax(step.float(), dim=-1).gather(-1, torch.tensor(new, device=step.device)[:, None])
+            logps.append(candidates[i].token_logprobs[:start] + plain[start:, 0].tolist())
+            starts.append(start)
+        texts = [self.to_image_frame(self.decode_text(c), size) for c in ids]
+        drawn = self._draw(image, embedding, question, Sampled(ids, logps, hidden, states), texts, box_prompt, {})
+        out = list(candidates)
+        for i, start, candidate in zip(rows, starts, drawn):
+            candidate.sampling = {**candidates[i].sampling, "revised_from": start}
+            out[i] = candidate
+        return out
 
     def score_completions(self, image: np.ndarray, question: str, completions: list[list[int]],
                           box_prompt: str | None = None) -> list[Candidate]:

@@ -202,7 +202,8 @@ def test_shipped_compact_model_loads_and_answers_in_format():
         candidate = predictor.predict(scan.display, example["question"], 1, temperature=0.0)[0]
         assert candidate.parsed.ok, (example["file"], candidate.parsed.errors)
         assert candidate.parsed.answer.target == targets[example["modality"]], (example["file"], candidate.text)
-        assert 0 < candidate.mask.sum() < 0.5 * candidate.mask.size, example["file"]
+        # a mask, not the whole frame (the Kvasir example's polyp covers 46 % of its image)
+        assert 0 < candidate.mask.sum() < 0.7 * candidate.mask.size, example["file"]
 
 
 def test_a_run_overrides_config_fields_by_name_and_type():

@@ -14,7 +14,8 @@ import random
 from dataclasses import asdict
 
 from coreseg.answer import render_answer
-from coreseg.findings import PH2_DIAGNOSIS_KEYS, VOCAB, number_words, spell_digits
+from coreseg.findings import (ORIENTATION_SENTENCES, PARTS_SENTENCES, PH2_DIAGNOSIS_KEYS, SHAPE_WHY, VOCAB,
+                              number_words, share_words, spell_digits)
 from coreseg.lesion_facts import ECHO_OF, LesionFacts, colour_name, describe_lesion
 
 # --------------------------------------------------------------------------------------------- writing
@@ -92,11 +93,6 @@ def _fact(facts, name):
     return facts.get(name) if isinstance(facts, dict) else getattr(facts, name)
 
 
-def _percent_words(fraction: float) -> str:
-    pct = int(round(100 * fraction))
-    return "less than one percent" if pct < 1 else f"about {number_words(pct)} percent"
-
-
 def _criteria_sentence(labels: dict, rng: random.Random) -> str:
     """PH2 criteria from the labels, in words ('' when the table holds none)."""
     clauses = []
@@ -168,7 +164,7 @@ def build_reasoning(facts: LesionFacts, set_name: str | None, labels: dict | Non
     # where and how big
     loc = rng.choice(_written("location", _fact(facts, "location")))
     size = rng.choice(_written("size", _fact(facts, "size")))
-    share = _percent_words(float(_fact(facts, "size_fraction")))
+    share = share_words(float(_fact(facts, "size_fraction")))
     opener = rng.choice(["Here", "In this image", "In contrast", "By comparison"])
     place = rng.choice([
         f"{opener}, {_a(size + ' ' + noun)} lies in the {loc} part of the {field_word}, covering {share} of it.",
@@ -180,9 +176,7 @@ def build_reasoning(facts: LesionFacts, set_name: str | None, labels: dict | Non
 
     shape = rng.choice(_written("shape", _fact(facts, "shape")))
     margin = rng.choice(_written("margin", _fact(facts, "margin")))
-    shape_why = {"round": "smooth and about as long in every direction", "oval": "smooth and elongated",
-                 "lobulated": "with gentle undulations of its contour",
-                 "irregular": "with an uneven, angulated contour"}[_fact(facts, "shape")]
+    shape_why = SHAPE_WHY[_fact(facts, "shape")]
     margin_why = {"sharp": "the change in brightness happens abruptly at its boundary",
                   "indistinct": "it fades gradually into the surrounding " + tissue}[_fact(facts, "margin")]
     out.append(rng.choice([
@@ -207,19 +201,13 @@ def build_reasoning(facts: LesionFacts, set_name: str | None, labels: dict | Non
         out.append(sentence + ".")
 
     if key == "busbra" or (modality == "ultrasound" and key == "generic"):
-        if _fact(facts, "orientation") == "parallel":
-            out.append(rng.choice(["Its long axis runs parallel to the skin, so it is wider than tall.",
-                                   "It is oriented parallel to the skin, wider than tall."]))
-        else:
-            out.append(rng.choice(["It is taller than wide, not parallel to the skin, a suspicious orientation.",
-                                   "Its orientation is not parallel to the skin: it is taller than wide."]))
+        out.append(rng.choice(ORIENTATION_SENTENCES[_fact(facts, "orientation")]))
 
     parts = int(_fact(facts, "parts"))
     if parts > 1:
-        out.append(rng.choice([f"It consists of {number_words(parts)} separate parts.",
-                               f"The finding is split into {number_words(parts)} separate parts."]))
+        out.append(rng.choice(PARTS_SENTENCES["several"]).format(n=number_words(parts)))
     elif rng.random() < 0.4:
-        out.append(rng.choice(["It forms a single connected region.", "It is one continuous region."]))
+        out.append(rng.choice(PARTS_SENTENCES["one"]))
 
     conclusion = _impression(key, labels or {}, rng)
     if conclusion:
