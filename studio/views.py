@@ -55,6 +55,9 @@ def candidate_markdown(index: int, card: dict) -> str:
             measured = f" (measured: {esc(f.get('measured'))})" if f.get("measured") not in (None, "") else ""
             rows.append(f"- {mark} {esc(f.get('claim'))}{measured}")
         lines.append("**Findings checked against the mask:**\n" + "\n".join(rows))
+    if (card.get("sampling") or {}).get("revised_from") is not None:
+        lines.append("_Where, how large, what shape and how many parts were measured on a first mask, and this mask "
+                     "was drawn again from those words._")
     if card.get("parse_errors"):
         lines.append(f"⚠ {esc('; '.join(card['parse_errors']))}")
         lines.append(f"<details><summary>raw answer</summary>\n\n{esc(card['text'])}\n\n</details>")
