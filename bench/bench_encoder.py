@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import multiprocessing as mp
 import os
 import platform
@@ -220,11 +221,15 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
     entry = images[0]
     image = entry["image"]
     predictor.embedding(image)
-    four = []
-    for k in range(max(2, args.repeats)):
-        t = time.perf_counter()
-        predictor.predict(image, QUESTION, 4, seed=k)
-        four.append(time.perf_counter() - t)
+    four, unrevised = [], []
+    config = predictor.model.config
+    for k in range(max(2, args.repeats)):  # as served, and without claim revision (interleaved)
+        for revise, times in ((config.revise_claims, four), (False, unrevised)):
+            predictor.model.config = dataclasses.replace(config, revise_claims=revise)
+            t = time.perf_counter()
+            predictor.predict(image, QUESTION, 4, seed=k)
+            times.append(time.perf_counter() - t)
+    predictor.model.config = config
     embedding = predictor.embedding(image)
     reasoner = predictor.model.reasoner
     shipped_drafts = reasoner.drafter
@@ -270,6 +275,8 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
          f"{statistics.median(click_ratios):.3f} ({ref * 1000:.0f} ms; rounds {min(click_ratios):.3f}–"
          f"{max(click_ratios):.3f})", "≤ 0.05"),
         ("4 candidates / encode", f"{cand / enc:.2f} ({cand:.2f} s)", "≤ 1"),
+        ("  the same without claim revision (`revise_claims=false`)",
+         f"{statistics.median(unrevised) / enc:.2f} ({statistics.median(unrevised):.2f} s)", "—"),
         *((f"  of which sampling the 4 answers, {label}", f"{seconds:.2f} s ({tokens:.0f} tokens a row, {passes:.0f} "
            f"passes, {1000 * seconds / passes:.1f} ms a pass)", "—") for label, (seconds, tokens, passes) in sampling.items()),
         ("decoder pass, segment-anything's forward → coreseg's (1 prompt)",

@@ -175,6 +175,8 @@ def _location_of(key: str) -> tuple[str, str]:
 
 
 def location_cells() -> dict[str, tuple[str | None, str | None]]:
+    """Every location phrase the reader knows (lower case) → the (row, column) it names; a half statement
+    ("upper", "right") leaves the other None."""
     cells = {}
     for key, phrases in VOCAB["location"].items():
         for p in phrases:

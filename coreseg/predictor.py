@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
+from coreseg.cache import LRU
 from coreseg.candidate import Candidate
 from coreseg.claim_revision import revise_claims
-from coreseg.cache import LRU
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.findings import panel_region, read_panel
 from coreseg.geometry import Frames
