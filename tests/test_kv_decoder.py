@@ -2,6 +2,8 @@
 transformers forward computes: same logits, same greedy answers."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +106,8 @@ def test_sampling_keeps_the_teacher_forced_states_and_masks(shipped, monkeypatch
         assert torch.allclose(kept, forced[:kept.shape[0]], atol=1e-4)
     assert torch.allclose(sampled.image[0].states, states[0].states, atol=1e-4)
     assert (sampled.image[0].rows, sampled.image[0].cols) == (states[0].rows, states[0].cols)
+    # the sampled tokens' own masks: claim revision would draw revised answers by a teacher-forced pass
+    monkeypatch.setattr(predictor.model, "config", dataclasses.replace(predictor.model.config, revise_claims=False))
     drawn = predictor.predict(image, question, 3, temperature=0.9, seed=1)
     forced_masks = predictor.score_completions(image, question, sampled.ids)
     assert [c.text for c in drawn] == [c.text for c in forced_masks]
