@@ -7,7 +7,8 @@ is therefore measured and written: the predictor decodes a first mask, `revise_c
 the checker reads where they disagree with it (location, size word, shape word and its reason, number of parts)
 and those a mask also decides (the share of the image, the orientation sentence), and the final mask is decoded
 again from the revised answer (`CoreSegPredictor.predict`, `ModelConfig.revise_claims`), so the checks see a mask
-drawn after the words they check. Words a mask cannot measure (margin, echo, colour, the impression) and the
+drawn after the words they check. Where that mask measures otherwise (a speck more or less, a smoother outline),
+the answers whose checked words disagree are revised again, up to `ModelConfig.revision_passes` passes in all. Words a mask cannot measure (margin, echo, colour, the impression) and the
 boxes stay as written (the box writer's, pointed from the states before the revision); a statement the text does not make is not added, save the number of parts (without one
 the answer's number of boxes is its claim, `_revise_parts`).
 """
@@ -19,8 +20,8 @@ import numpy as np
 
 from coreseg.answer import parse_answer, render_answer
 from coreseg.findings import (ORIENTATION_SENTENCES, PARTS_SENTENCES, SHAPE_WHY, SHARE, SIZE_SUFFIX, VOCAB,
-                              first_match, location_agrees, location_cells, location_match, number_words,
-                              own_mask_measure, read_statements, share_words, words_to_int)
+                              check_answer, first_match, location_agrees, location_cells, location_match,
+                              number_words, own_mask_measure, read_statements, share_words, words_to_int)
 
 _ARTICLE = re.compile(r"\b([Aa]n?) $")
 
@@ -94,6 +95,14 @@ def _revise_parts(text: str, parts: int) -> str:
             fit = several if parts > 1 else PARTS_SENTENCES["one"][0]
             return text[:match.start()] + fit + text[match.end():]
     return text
+
+
+REVISED_CLAIMS = ("location", "size", "shape", "parts")   # the checked claims a revision rewrites
+
+
+def disagrees(text: str, mask: np.ndarray) -> bool:
+    """Whether a checked claim that a revision rewrites (`REVISED_CLAIMS`) disagrees with `mask`."""
+    return any(not f.agrees for f in check_answer(text, mask) if f.claim in REVISED_CLAIMS)
 
 
 def revise_claims(text: str, mask: np.ndarray) -> str:

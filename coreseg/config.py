@@ -83,6 +83,8 @@ class ModelConfig:
     revise_claims: bool = True            # an answer's mask-measurable words (location, size, share, shape,
                                           # orientation, parts) rewritten to its first mask, and the mask decoded
                                           # again from the revised answer (claim_revision.py)
+    revision_passes: int = 3              # at most this many; a pass after the first only for the answers whose
+                                          # checked words still disagree with the mask drawn again
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,7 +15,7 @@ import torch
 from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.cache import LRU
 from coreseg.candidate import Candidate
-from coreseg.claim_revision import revise_claims
+from coreseg.claim_revision import disagrees, revise_claims
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.findings import panel_region, read_panel
 from coreseg.geometry import Frames
@@ -130,21 +130,26 @@ class CoreSegPredictor:
             texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in sampled.ids]
             candidates = self._draw(image, embedding, question, sampled, texts, box_prompt,
                                     {"temperature": temperature, "top_p": top_p, "seed": seed})
-            if self.model.config.revise_claims:
-                candidates = self._revised(image, embedding, question, candidates, box_prompt)
+            for rerun in range(self.model.config.revision_passes if self.model.config.revise_claims else 0):
+                candidates, changed = self._revised(image, embedding, question, candidates, box_prompt, rerun > 0)
+                if not changed:
+                    break
         return [c.check(image) for c in candidates]  # claims vs each own mask, outside the model slot
 
-    def _revised(self, image, embedding, question, candidates: list[Candidate], box_prompt) -> list[Candidate]:
-        """The candidates whose mask-measurable words disagree with their first mask, revised
-        (`coreseg.claim_revision`) and drawn again from the revised answer in one teacher-forced pass; the others
-        as they are. A revised candidate's tokens up to the first changed one keep their sampled log-probabilities;
-        from there on each carries the model's own (untempered) one, as the sampler gives the tokens it wrote
-        instead of drawing (`sampling["revised_from"]` says where)."""
+    def _revised(self, image, embedding, question, candidates: list[Candidate], box_prompt,
+                 rerun: bool) -> tuple[list[Candidate], bool]:
+        """The candidates whose mask-measurable words differ from what their mask shows, revised
+        (`coreseg.claim_revision`) and drawn again from the revised answer in one teacher-forced pass, the others as
+        they are; and whether any was revised. A `rerun` (a pass after the first) revises only those whose checked
+        words still disagree with the mask drawn again. A revised candidate's tokens up to the first changed one
+        keep their sampled log-probabilities; from there on each carries the model's own (untempered) one, as the
+        sampler gives the tokens it wrote instead of drawing (`sampling["revised_from"]` says where)."""
         size = image.shape[:2]
-        revised = {i: revise_claims(c.text, c.mask) for i, c in enumerate(candidates)}
+        revised = {i: revise_claims(c.text, c.mask) for i, c in enumerate(candidates)
+                   if not rerun or disagrees(c.text, c.mask)}
         revised = {i: text for i, text in revised.items() if text != candidates[i].text}
         if not revised:
-            return candidates
+            return candidates, False
         rows = list(revised)
         ids = [self.model.encode_target(self.to_model_frame(revised[i], size)) for i in rows]
         logits, hidden, states = self.model.reasoner.forward_completions(
@@ -160,9 +165,10 @@ class CoreSegPredictor:
         drawn = self._draw(image, embedding, question, Sampled(ids, logps, hidden, states), texts, box_prompt, {})
         out = list(candidates)
         for i, start, candidate in zip(rows, starts, drawn):
-            candidate.sampling = {**candidates[i].sampling, "revised_from": start}
+            earlier = candidates[i].sampling.get("revised_from", start)
+            candidate.sampling = {**candidates[i].sampling, "revised_from": min(start, earlier)}
             out[i] = candidate
-        return out
+        return out, True
 
     def score_completions(self, image: np.ndarray, question: str, completions: list[list[int]],
                           box_prompt: str | None = None) -> list[Candidate]:
