@@ -8,9 +8,10 @@ the checker reads where they disagree with it (location, size word, shape word a
 and those a mask also decides (the share of the image, the orientation sentence), and the final mask is decoded
 again from the revised answer (`CoreSegPredictor.predict`, `ModelConfig.revise_claims`), so the checks see a mask
 drawn after the words they check. Where that mask measures otherwise (a speck more or less, a smoother outline),
-the answers whose checked words disagree are revised again, up to `ModelConfig.revision_passes` passes in all. Words a mask cannot measure (margin, echo, colour, the impression) and the
-boxes stay as written (the box writer's, pointed from the states before the revision); a statement the text does not make is not added, save the number of parts (without one
-the answer's number of boxes is its claim, `_revise_parts`).
+the answers whose checked words disagree are revised again (`disagrees`), up to `ModelConfig.revision_passes`
+passes in all. Words a mask cannot measure (margin, echo, colour, the impression) and the boxes stay as written
+(the box writer's, pointed from the states before the revision); a statement the text does not make is not added,
+save the number of parts (without one the answer's number of boxes is its claim, `_revise_parts`).
 """
 from __future__ import annotations
 
