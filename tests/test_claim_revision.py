@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from coreseg.answer import parse_answer, render_answer
-from coreseg.claim_revision import disagrees, revise_claims
+from coreseg.claim_revision import REVISED_CLAIMS, disagrees, revise_claims
 from coreseg.findings import check_answer, read_statements, unsupported_claims
 from trainers.reasoning import build_sample
 
 H = W = 200
-MEASURED = ("location", "size", "shape", "parts")
+MEASURED = REVISED_CLAIMS   # what check_answer reports and a revision rewrites
 
 
 def disc(cx, cy, rx, ry=None):
