@@ -3,15 +3,16 @@
 The compact reasoner writes its description before any mask exists, from 8 × 8 pooled image tokens, and writes
 nearly the same words for every image ("middle", "large", "lobulated"): on validation 0.711 of its claims agreed
 with its own mask. What a mask alone can measure (`coreseg.findings.own_mask_measure`, the checker's own measure)
-is therefore measured and written: the predictor decodes a first mask, `revise_claims` rewrites the statements
-the checker reads where they disagree with it (location, size word, shape word and its reason, number of parts)
-and those a mask also decides (the share of the image, the orientation sentence), and the final mask is decoded
-again from the revised answer (`CoreSegPredictor.predict`, `ModelConfig.revise_claims`), so the checks see a mask
-drawn after the words they check. Where that mask measures otherwise (a speck more or less, a smoother outline),
-the answers whose checked words disagree are revised again (`disagrees`), up to `ModelConfig.revision_passes`
-passes in all. Words a mask cannot measure (margin, echo, colour, the impression) and the boxes stay as written
-(the box writer's, pointed from the states before the revision); a statement the text does not make is not added,
-save the number of parts (without one the answer's number of boxes is its claim, `_revise_parts`).
+is therefore measured and written: `revise_claims` rewrites the statements the checker reads where they disagree
+with a mask (location, size word, shape word and its reason, number of parts) and those a mask also decides (the
+share of the image, the orientation sentence). The predictor (`CoreSegPredictor.predict`, `ModelConfig.revise_claims`)
+first revises each answer to the mask the segmenter drew in its boxes while sampling (the box writer's, which costs
+no decoder pass), then draws the answer's mask from the revised answer, so the checks see a mask drawn after the words
+they check. Where that mask measures otherwise (the box's mask and the `<seg>` mask differ in shape or parts), the
+answers whose checked words disagree are revised to it and drawn again (`disagreeing`), up to
+`ModelConfig.revision_passes` times. Words a mask cannot measure (margin, echo, colour, the impression) and the
+boxes stay as written (the box writer's, pointed from the states before the revision); a statement the text does not
+make is not added, save the number of parts (without one the answer's number of boxes is its claim, `_revise_parts`).
 """
 from __future__ import annotations
 
@@ -103,7 +104,12 @@ REVISED_CLAIMS = ("location", "size", "shape", "parts")   # the checked claims a
 
 def disagrees(text: str, mask: np.ndarray) -> bool:
     """Whether a checked claim that a revision rewrites (`REVISED_CLAIMS`) disagrees with `mask`."""
-    return any(not f.agrees for f in check_answer(text, mask) if f.claim in REVISED_CLAIMS)
+    return disagreeing(check_answer(text, mask))
+
+
+def disagreeing(findings) -> bool:
+    """Whether one of these checked claims (`check_answer`'s findings) that a revision rewrites disagrees."""
+    return any(not f.agrees for f in findings if f.claim in REVISED_CLAIMS)
 
 
 def revise_claims(text: str, mask: np.ndarray) -> str:

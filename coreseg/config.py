@@ -81,10 +81,11 @@ class ModelConfig:
     mask_within_panel: bool = True        # where the reasoning names a composite's panel, its mask is cut to that
                                           # panel (a lesion does not cross a panel's border)
     revise_claims: bool = True            # an answer's mask-measurable words (location, size, share, shape,
-                                          # orientation, parts) rewritten to its first mask, and the mask decoded
-                                          # again from the revised answer (claim_revision.py)
-    revision_passes: int = 3              # at most this many; a pass after the first only for the answers whose
-                                          # checked words still disagree with the mask drawn again
+                                          # orientation, parts) rewritten to a first look, the mask drawn in its
+                                          # boxes while sampling (box writer), before its mask is drawn
+                                          # (claim_revision.py, CoreSegPredictor.predict)
+    revision_passes: int = 3              # then at most this many passes that revise and draw again the answers
+                                          # whose checked words disagree with their drawn mask
 
     def to_dict(self) -> dict:
         return asdict(self)

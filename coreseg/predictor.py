@@ -8,6 +8,7 @@ this boundary with `coreseg.geometry.Frames`, the one place frames are defined.
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch
 from coreseg.answer import ANSWER_CLOSE, SEG_TOKEN, parse_answer, render_answer
 from coreseg.cache import LRU
 from coreseg.candidate import Candidate
-from coreseg.claim_revision import disagrees, revise_claims
+from coreseg.claim_revision import disagreeing, revise_claims
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.findings import panel_region, read_panel
 from coreseg.geometry import Frames
@@ -53,7 +54,7 @@ class CoreSegPredictor:
         self.trained = trained
         self.cache = EmbeddingCache(cache_size)
         self.encoder_version = model_version   # what the cached embeddings are keyed by (`reuse_embeddings`)
-        self.decoder_images = LRU(4)  # the decoder's image side (12 MB each) of the images being refined
+        self.decoder_images = LRU(4)  # the decoder's image side (15 MB each) of the latest images
         self.concurrency = int(concurrency)
         self._slots = threading.BoundedSemaphore(self.concurrency)
 
@@ -109,60 +110,109 @@ class CoreSegPredictor:
             self.cache.put(key, cached)
         return cached
 
+    def _embedding_and_side(self, image: np.ndarray):
+        """The cached embedding and the decoder's image side of it (`Segmenter.image_side`), which every decoder
+        pass of a request (boxes written, masks drawn, claims revised) and later clicks share (the caller holds a
+        model slot)."""
+        key = pixel_key(image, self.encoder_version)
+        embedding = self._embedding(image, key)
+        return embedding, self.decoder_images.get_or_put(key, lambda: self.model.segmenter.image_side(embedding))
+
     # -- candidates ---------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, image: np.ndarray, question: str, n_candidates: int = 4, temperature: float = 0.7,
                 top_p: float = 0.95, seed: int = 0, box_prompt: str | None = None) -> list[Candidate]:
         """Sample `n_candidates` answers as one batch over one image encoding, and draw each mask
         from its semantic probe, with the answer's first box as a box prompt as `box_prompt` says ("never",
-        "panel", "always"; default: the model's `ModelConfig.box_prompt`)."""
+        "panel", "always"; default: the model's `ModelConfig.box_prompt`).
+
+        With `ModelConfig.revise_claims` each answer's measurable words are first revised to the mask the segmenter
+        drew in the boxes the box writer wrote (`_first_looks`: drawn while sampling, so this costs no decoder
+        pass), before its mask is drawn; then, up to `ModelConfig.revision_passes` times, to the mask drawn, where
+        its checked words disagree with it (answers without a first look: where any measurable word differs), each
+        time drawn again, so the mask shown is drawn from the words shown."""
         image = to_rgb(image)
         if not question or not question.strip():
             raise ValueError("ask a question, e.g. 'Outline the lesion.'")
         height, width = image.shape[:2]
         with self._model_context():
-            embedding = self._embedding(image)
+            embedding, side = self._embedding_and_side(image)
             generator = torch.Generator().manual_seed(int(seed))
+            writer = None if self.model.box_writer is None else partial(self.model.box_writing, image_side=side)
             sampled = self.model.reasoner.sample(image, embedding, question, n_candidates, temperature, top_p,
-                                                 generator,
-                                                 writer=None if self.model.box_writer is None else self.model.box_writing,
+                                                 generator, writer=writer,
                                                  lookup=self.model.panel_lookup(question, embedding, (height, width)))
             texts = [self.to_image_frame(self.decode_text(c), (height, width)) for c in sampled.ids]
-            candidates = self._draw(image, embedding, question, sampled, texts, box_prompt,
+            revise = self.model.config.revise_claims
+            looks = self._first_looks(sampled, texts, (height, width)) if revise else [None] * len(texts)
+            first = sampled
+            rows, again, revised, starts = self._rewritten(image, embedding, question, first, sampled.ids,
+                                                           sampled.logps, texts, looks)
+            sampled = sampled.replaced(rows, again)
+            for i, text in zip(rows, revised):
+                texts[i] = text
+            candidates = self._draw(image, embedding, side, question, sampled, texts, box_prompt,
                                     {"temperature": temperature, "top_p": top_p, "seed": seed})
-            for rerun in range(self.model.config.revision_passes if self.model.config.revise_claims else 0):
-                candidates, changed = self._revised(image, embedding, question, candidates, box_prompt, rerun > 0)
+            for i, start in zip(rows, starts):
+                candidates[i].sampling["revised_from"] = start
+            unlooked = {i for i, look in enumerate(looks) if look is None}
+            for rerun in range(self.model.config.revision_passes if revise else 0):
+                candidates, changed = self._revised(image, embedding, side, question, first, candidates, box_prompt,
+                                                    unlooked if rerun == 0 else set())
                 if not changed:
                     break
-        return [c.check(image) for c in candidates]  # claims vs each own mask, outside the model slot
+        return [c if c.findings is not None else c.check(image) for c in candidates]  # claims vs each own mask
 
-    def _revised(self, image, embedding, question, candidates: list[Candidate], box_prompt,
-                 rerun: bool) -> tuple[list[Candidate], bool]:
-        """The candidates whose mask-measurable words differ from what their mask shows, revised
-        (`coreseg.claim_revision`) and drawn again from the revised answer in one teacher-forced pass, the others as
-        they are; and whether any was revised. A `rerun` (a pass after the first) revises only those whose checked
-        words still disagree with the mask drawn again. A revised candidate's tokens up to the first changed one
-        keep their sampled log-probabilities; from there on each carries the model's own (untempered) one, as the
-        sampler gives the tokens it wrote instead of drawing (`sampling["revised_from"]` says where)."""
+    def _first_looks(self, sampled: Sampled, texts: list[str], size: tuple[int, int]) -> list[np.ndarray | None]:
+        """Per answer, what its words are first measured on: the mask the segmenter drew in the boxes the box writer
+        wrote while sampling (their union, under the answer's mask rules, `_answer_mask`); None where it drew none
+        (no writer, no box)."""
+        drawn = sampled.drawn or [[] for _ in texts]
+        return [self._answer_mask(text, torch.stack(d).amax(0), *size) if d else None for d, text in zip(drawn, texts)]
+
+    def _rewritten(self, image, embedding, question, first: Sampled, ids: list[list[int]], logps: list[list[float]],
+                   texts: list[str], looks: list[np.ndarray | None]) -> tuple[list[int], Sampled, list[str], list[int]]:
+        """The answers (`ids`, `logps`, `texts`) whose mask-measurable words differ from what their `looks` (a mask
+        each, or None: kept) show, revised (`coreseg.claim_revision`) and read again in one teacher-forced pass
+        (from where each first differs from its sampled tokens, `first`, where the reasoner kept its decoder): their
+        rows, their tokens, log-probabilities and states (a `Sampled`), texts, and the index of each one's first
+        changed token. Tokens before it keep their log-probabilities; from there on each carries the model's own
+        (untempered) one, as the sampler gives the tokens it wrote instead of drawing."""
         size = image.shape[:2]
-        revised = {i: revise_claims(c.text, c.mask) for i, c in enumerate(candidates)
-                   if not rerun or disagrees(c.text, c.mask)}
-        revised = {i: text for i, text in revised.items() if text != candidates[i].text}
-        if not revised:
-            return candidates, False
-        rows = list(revised)
-        ids = [self.model.encode_target(self.to_model_frame(revised[i], size)) for i in rows]
-        logits, hidden, states = self.model.reasoner.forward_completions(
-            [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
-        logps, starts = [], []
-        for i, new, step in zip(rows, ids, logits):
-            old = candidates[i].token_ids
-            start = next((k for k, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        revised = {i: revise_claims(texts[i], look) for i, look in enumerate(looks) if look is not None}
+        rows = [i for i, text in revised.items() if text != texts[i]]
+        if not rows:
+            return [], Sampled([], []), [], []
+        new_ids = [self.model.encode_target(self.to_model_frame(revised[i], size)) for i in rows]
+        if first.decoder is not None and first.hidden is not None:
+            logits, hidden, states = self.model.reasoner.forward_continued(first, rows, new_ids)
+        else:
+            logits, hidden, states = self.model.reasoner.forward_completions(
+                [image] * len(rows), embedding.expand(len(rows), -1, -1, -1), [question] * len(rows), new_ids)
+        new_logps, starts = [], []
+        for i, new, step in zip(rows, new_ids, logits):
+            start = next((k for k, (a, b) in enumerate(zip(ids[i], new)) if a != b), min(len(ids[i]), len(new)))
             plain = torch.log_softmax(step.float(), dim=-1).gather(-1, torch.tensor(new, device=step.device)[:, None])
-            logps.append(candidates[i].token_logprobs[:start] + plain[start:, 0].tolist())
+            new_logps.append(logps[i][:start] + plain[start:, 0].tolist())
             starts.append(start)
-        texts = [self.to_image_frame(self.decode_text(c), size) for c in ids]
-        drawn = self._draw(image, embedding, question, Sampled(ids, logps, hidden, states), texts, box_prompt, {})
+        new_texts = [self.to_image_frame(self.decode_text(c), size) for c in new_ids]
+        return rows, Sampled(new_ids, new_logps, hidden, states), new_texts, starts
+
+    def _revised(self, image, embedding, side, question, first: Sampled, candidates: list[Candidate], box_prompt,
+                 always: set[int]) -> tuple[list[Candidate], bool]:
+        """The candidates whose checked words (`claim_revision.disagreeing`) disagree with their drawn mask, and those
+        in `always` whose measurable words differ from it at all, revised (`_rewritten`) and drawn again; the others
+        as they are; and whether any was revised. `sampling["revised_from"]` says where a candidate's tokens first
+        differ from the sampled ones."""
+        looks = [c.mask if i in always or disagreeing(c.check(image).findings) else None
+                 for i, c in enumerate(candidates)]
+        rows, again, texts, starts = self._rewritten(image, embedding, question, first,
+                                                     [c.token_ids for c in candidates],
+                                                     [c.token_logprobs for c in candidates],
+                                                     [c.text for c in candidates], looks)
+        if not rows:
+            return candidates, False
+        drawn = self._draw(image, embedding, side, question, again, texts, box_prompt, {})
         out = list(candidates)
         for i, start, candidate in zip(rows, starts, drawn):
             earlier = candidates[i].sampling.get("revised_from", start)
@@ -175,26 +225,29 @@ class CoreSegPredictor:
         """Masks for given completions (e.g. stored ones, or the ground-truth answer), no sampling."""
         image = to_rgb(image)
         with self._model_context(), torch.no_grad():
-            embedding = self._embedding(image)
+            embedding, side = self._embedding_and_side(image)
             texts = [self.to_image_frame(self.decode_text(c), image.shape[:2]) for c in completions]
-            candidates = self._draw(image, embedding, question, Sampled(completions, [[] for _ in completions]), texts,
-                                    box_prompt, {"forced": True})
+            candidates = self._draw(image, embedding, side, question, Sampled(completions, [[] for _ in completions]),
+                                    texts, box_prompt, {"forced": True})
         return [c.check(image) for c in candidates]
 
-    def _draw(self, image, embedding, question, sampled: Sampled, texts, box_prompt, sampling) -> list[Candidate]:
+    def _draw(self, image, embedding, side, question, sampled: Sampled, texts, box_prompt,
+              sampling) -> list[Candidate]:
         height, width = image.shape[:2]
         ids, logps, hidden, states = sampled.ids, sampled.logps, sampled.hidden, sampled.image
         if hidden is None or any((at := self.model.seg_position(c)) is not None and at >= len(h)
                                  for c, h in zip(ids, hidden)):  # states not kept while sampling: a teacher-forced pass
             _, hidden, states = self.model.reasoner.forward_completions(
                 [image] * len(ids), embedding.expand(len(ids), -1, -1, -1), [question] * len(ids), ids)
-        masks = self.model.decode_masks(embedding, hidden, ids, image=states)  # no <seg>: no probe, empty mask
+        masks = self.model.decode_masks(embedding, hidden, ids, image=states,  # no <seg>: no probe, empty mask
+                                        image_side=side)
         low_res, scores, probes = masks["logits"], masks["scores"], masks["probes"]
         prompts = self._box_prompts(texts, (height, width), box_prompt or self.model.config.box_prompt)
         if prompts:  # those masks again, with the answer's first box beside the probe
             pick = lambda seq: [seq[i] for i in prompts]
             again = self.model.decode_masks(embedding, pick(hidden), pick(ids), image=None if states is None else pick(states),
-                                            boxes=torch.tensor(list(prompts.values()), dtype=torch.float32, device=self.device))
+                                            boxes=torch.tensor(list(prompts.values()), dtype=torch.float32, device=self.device),
+                                            image_side=side)
             index = torch.tensor(list(prompts), device=low_res.device)
             low_res = low_res.index_copy(0, index, again["logits"])
             scores = scores.index_copy(0, index, again["scores"])
@@ -277,9 +330,8 @@ class CoreSegPredictor:
         frames = self.frames((height, width))
         if box is None:
             box = _extent(candidate.mask, [(x, y) for x, y, label in clicks if label])
-        key = pixel_key(image, self.encoder_version)
         with self._model_context():
-            embedding = self._embedding(image, key)
+            embedding, side = self._embedding_and_side(image)
             points = None
             if clicks:
                 coords = torch.tensor([frames.points([(x, y) for x, y, _ in clicks], "image", "segmenter")],
@@ -292,9 +344,7 @@ class CoreSegPredictor:
             probe = None
             if self.trained and candidate.probe is not None:
                 probe = torch.from_numpy(candidate.probe)[None].to(self.device)
-            segmenter = self.model.segmenter
-            side = self.decoder_images.get_or_put(key, lambda: segmenter.image_side(embedding))
-            low_res, scores = segmenter.decode(embedding, probe=probe, points=points, boxes=boxes, image_side=side)
+            low_res, scores = self.model.segmenter.decode(embedding, probe=probe, points=points, boxes=boxes, image_side=side)
         mask = enforce_clicks(frames.mask(low_res[0]), clicks)
         return Candidate(text=candidate.text, mask=mask, mask_score=float(scores[0, 0]),
                          token_ids=candidate.token_ids, token_logprobs=candidate.token_logprobs, probe=candidate.probe,

@@ -10,7 +10,7 @@ import torch
 from coreseg.answer import parse_answer, render_answer
 from coreseg.config import ModelConfig, SegmenterConfig
 from coreseg.mask_boxes import mask_boxes
-from coreseg.metrics import box_iou
+from coreseg.metrics import box_iou, mask_box
 from coreseg.modeling.box_writer import Brackets, coordinate_text
 from coreseg.modeling.core_seg import CoreSeg
 from coreseg.modeling.tokenizer import build_tokenizer
@@ -121,7 +121,8 @@ def test_the_predictor_writes_the_pointer_boxes(tmp_path):
     # back as the box of the mask drawn in it, tighter on the square
     truth = torch.tensor([[20 / 80, 30 / 96, 50 / 80, 60 / 96]])
     loose = torch.tensor([10 / 80, 18 / 96, 62 / 80, 74 / 96])
-    refined = model.refined_box(embedding, loose)
+    refined, logits = model.refined_box(embedding, loose)
+    assert torch.equal(torch.tensor(mask_box((logits[0] > 0).numpy()), dtype=torch.float32) / logits.shape[-1], refined)
     from torchvision.ops import box_iou as iou
 
     assert float(iou(refined[None], truth)) > max(0.7, float(iou(loose[None], truth)) + 0.3)

@@ -63,11 +63,12 @@ def test_an_answer_that_agrees_and_one_with_nothing_to_revise_are_kept():
 
 
 @pytest.mark.slow  # the shipped model
-def test_the_shipped_model_revises_its_words_to_its_first_mask_and_draws_the_mask_from_the_revised_answer():
-    """The same samples without revision, with one pass and with the default passes: each once-revised answer is
-    its first mask's revision, its probe and mask are those of the revised text (a teacher-forced pass gives them
-    again), its sampled log-probabilities are kept up to the first changed token; further passes revise only what
-    still disagrees, and the claims agree with the mask drawn last more often than the unrevised ones with theirs."""
+def test_the_shipped_model_revises_its_words_to_its_first_look_and_draws_the_mask_from_the_revised_answer():
+    """The same samples without revision, with the first look only and with the default passes: each answer revised
+    at the first look is its sampled text revised to the mask the segmenter drew in its boxes while sampling, its
+    probe and mask are those of the revised text (a teacher-forced pass gives them again), its sampled
+    log-probabilities are kept up to the first changed token; later passes revise only what disagrees with the mask
+    drawn, and the claims agree with the mask drawn last more often than the unrevised ones with theirs."""
     import dataclasses
     from pathlib import Path
 
@@ -79,10 +80,10 @@ def test_the_shipped_model_revises_its_words_to_its_first_mask_and_draws_the_mas
 
     torch.set_num_threads(1)
     predictor = CoreSegPredictor.from_checkpoint(DEFAULT_CHECKPOINT, "cpu")
-    default = predictor.model.config
-    assert default.revise_claims and default.revision_passes > 1
+    model, default = predictor.model, predictor.model.config
+    assert default.revise_claims and default.revision_passes >= 1
     settings = {"plain": dataclasses.replace(default, revise_claims=False),
-                "one pass": dataclasses.replace(default, revision_passes=1), "default": default}
+                "first look": dataclasses.replace(default, revision_passes=0), "default": default}
     examples = Path(DEFAULT_CHECKPOINT).parent / "examples"
     revised_count, agree = 0, {name: [] for name in settings}
     for name, question in (("bus_0165-r.png", "Outline the breast mass."), ("bus_0859-l.png", "Outline the breast mass."),
@@ -94,9 +95,16 @@ def test_the_shipped_model_revises_its_words_to_its_first_mask_and_draws_the_mas
             answers[setting] = predictor.predict(image, question, n_candidates=4, temperature=0.7, seed=4)
             for c in answers[setting]:
                 agree[setting] += [(f.claim, f.agrees) for f in c.findings if f.claim in MEASURED]
-        for plain, revised, last in zip(answers["plain"], answers["one pass"], answers["default"]):
-            assert revised.text == revise_claims(plain.text, plain.mask)
-            if revised.text != last.text:  # a later pass: only where the words disagreed with the mask drawn again
+        embedding = predictor.embedding(image)  # the same samples again, with what the box writer drew
+        sampled = model.reasoner.sample(image, embedding, question, 4, 0.7, 0.95, torch.Generator().manual_seed(4),
+                                        writer=model.box_writing,
+                                        lookup=model.panel_lookup(question, embedding, image.shape[:2]))
+        assert sampled.ids == [c.token_ids for c in answers["plain"]]
+        looks = predictor._first_looks(sampled, [c.text for c in answers["plain"]], image.shape[:2])
+        for plain, look, revised, last in zip(answers["plain"], looks, answers["first look"], answers["default"]):
+            assert look is not None and look.any()  # every answer here writes a box
+            assert revised.text == revise_claims(plain.text, look)
+            if revised.text != last.text:  # a later pass: only where the words disagreed with the mask drawn
                 assert disagrees(revised.text, revised.mask)
             if revised.text == plain.text:
                 continue
@@ -112,12 +120,14 @@ def test_the_shipped_model_revises_its_words_to_its_first_mask_and_draws_the_mas
     share = {setting: {claim: np.mean([ok for c, ok in said if c == claim]) for claim in MEASURED}
              for setting, said in agree.items()}
     assert revised_count >= 6, revised_count
-    # location and size hold on the mask drawn again (one pass, measured: 1.00 and 0.92, unrevised 0.75 and 0.58);
-    # shape and parts less so on these scans, whose masks break into specks that move when the text does
-    assert share["one pass"]["location"] >= 0.9 and share["one pass"]["size"] >= 0.9, share
-    for setting in ("one pass", "default"):
-        assert all(share[setting][c] >= share["plain"][c] for c in MEASURED), share
-    assert np.mean(list(share["default"].values())) >= np.mean(list(share["one pass"].values())), share
+    # location and size hold on the mask drawn after the first look; shape and parts less so on these scans, whose
+    # masks break into specks that move when the text does, and the box's mask is not the <seg> one
+    assert share["default"]["location"] >= 0.9 and share["default"]["size"] >= 0.9, share
+    assert all(share["default"][c] >= share["plain"][c] for c in MEASURED), share
+    # the first look alone (no pass on the drawn mask) already holds location and size (measured 0.83 and 0.92
+    # against 0.75 and 0.58 unrevised); parts not (0.33 against 0.42): the box's mask has fewer specks than <seg>'s
+    assert all(share["first look"][c] >= share["plain"][c] for c in ("location", "size")), share
+    assert np.mean(list(share["default"].values())) >= np.mean(list(share["first look"].values())), share
 
 
 def test_a_text_silent_on_parts_gains_the_sentence_only_where_the_mask_has_several():

@@ -69,6 +69,25 @@ def test_greedy_answers_are_the_argmax_of_the_teacher_forced_forward(shipped):
     assert np.allclose(logps[0], expected.numpy(), atol=1e-4)
 
 
+def test_a_continued_pass_from_the_sampled_keys_is_the_teacher_forced_forward(shipped):
+    """Completions that replace sampled rows from some token on (a changed word, a cut, none), read from sampling's
+    keys, values and states (`forward_continued`), give the teacher-forced forward's logits and states."""
+    predictor, reasoner = shipped, shipped.model.reasoner
+    image = square((64, 64), slice(20, 44), slice(16, 40), 200)
+    embedding, question = predictor.embedding(image), "Outline the lesion."
+    with torch.no_grad():
+        sampled = reasoner.sample(image, embedding, question, 3, 0.9, 0.95, torch.Generator().manual_seed(3))
+        a, b, c = (list(ids) for ids in sampled.ids)
+        new = [a[:12] + [a[13]] + a[12:], c[:30] + c[40:], b]   # a token put in, ten cut, as sampled
+        continued = reasoner.forward_continued(sampled, [0, 2, 1], new)
+        forward = reasoner.forward_completions([image] * 3, embedding.expand(3, -1, -1, -1), [question] * 3, new)
+    for k in range(3):
+        assert continued[0][k].shape == forward[0][k].shape == (len(new[k]), len(reasoner.tokenizer))
+        assert torch.allclose(continued[0][k], forward[0][k], atol=1e-4), k
+        assert torch.allclose(continued[1][k], forward[1][k], atol=1e-4), k
+        assert torch.allclose(continued[2][k].states, forward[2][k].states, atol=1e-4), k
+
+
 def test_draw_log_probabilities_are_the_re_scoring_distribution():
     """What sampling records is what GRPO re-scores with (`sampling_logprobs`), nucleus and temperature."""
     from coreseg.modeling.sampling import draw, sampling_logprobs

@@ -105,7 +105,8 @@ class BoxWriting:
         self.pointer, self.tokenizer, self.brackets, self.image, self.frame = pointer, tokenizer, brackets, image, frame
         self.reach = reach  # the pointer reads the cells within this many of its most attended one (None: all)
         self.follows_panel = follows_panel  # a box goes only on the composite panel the reasoning names
-        self.refine = refine  # normalised box → normalised box (the box of the mask SAM draws in it), or None
+        self.refine = refine  # normalised box → (the box of the mask SAM draws in it, that mask's logits), or None
+        self.drawn: list[tuple[tuple[int, ...], torch.Tensor]] = []  # (the tokens before a refined box, its mask)
 
     @property
     def closers(self) -> frozenset[int]:
@@ -115,6 +116,11 @@ class BoxWriting:
         """Whether `ids` (a row's tokens so far) end with a box's opening bracket inside the answer."""
         return bool(ids) and ids[-1] in self.brackets.openers and self.brackets.answer_open in ids
 
+    def drawn_for(self, completion: list[int]) -> list[torch.Tensor]:
+        """The mask logits (1 × S × S each) the segmenter drew in the boxes this hook wrote for a completion: those
+        whose preceding tokens begin it (the same tokens, the same states, the same box)."""
+        return [logits for ids, logits in self.drawn if tuple(completion[:len(ids)]) == ids]
+
     @torch.no_grad()
     def write(self, state: torch.Tensor, text: torch.Tensor, ids: list[int]) -> list[int]:
         """The coordinate tokens for the box the state at an opening bracket points to; `text`: the completion's
@@ -122,7 +128,10 @@ class BoxWriting:
         completion's tokens up to it, whose panel ("points to the left panel") bounds the box when `follows_panel`."""
         within = panel_cells(self.tokenizer.decode(ids), self.image) if self.follows_panel else None
         boxes, _ = self.pointer(state[None].float(), [self.image], reach=self.reach, texts=[text], within=[within])
-        box = boxes[0] if self.refine is None else self.refine(boxes[0])
+        box = boxes[0]
+        if self.refine is not None:
+            box, logits = self.refine(box)
+            self.drawn.append((tuple(ids), logits))
         if within is not None:  # SAM's mask may spill over the panel's edge: the box stays on the panel
             box = _clipped(box, within, self.image)
             if not bool((box[2:] > box[:2]).all()):

