@@ -288,7 +288,8 @@ def ratios(best: str, images: list[dict], args) -> list[tuple[str, str, str]]:
         ("decoder pass, 4 prompts on one image", f"{upstream[1] * 1000:.0f} → {ours[1] * 1000:.0f} ms "
          f"({upstream[1] / ours[1]:.2f}×)", "—"),
         (f"trainers.features images per minute ({len(images)} images)", f"{per_minute:.1f}", "—"),
-        ("encoder backend in use", used, "—"),
+        ("encoder backend in use; the mask decoder's (`decoder_backend`)",
+         f"{used}; {predictor.model.segmenter.decoder_backend}", "—"),
     ]
 
 

@@ -138,20 +138,24 @@ def _draw(decoder: nn.Module, keys: torch.Tensor, size: tuple[int, int], hyper: 
     b, n, c = keys.shape
     h, w = size
     x = torch.addmm(b1, keys.reshape(b * n, c), w1).reshape(b * n * 4, -1)     # (b·hw·2·2, C/4), channel last
-    x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+    x = act1(F.layer_norm(x, norm.weight.shape, norm.weight, norm.bias, norm.eps))
     x = act2(torch.addmm(b2, x, w2)).reshape(b, n * 16, -1)                   # (b, hw·2·2·2·2, C/8)
     masks = (x @ hyper[:, :, None]).reshape(b, h, w, 2, 2, 2, 2)              # i, j, a, b, c, d
     return masks.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, 1, 4 * h, 4 * w)     # row 4i+2a+c, column 4j+2b+d
 
 
-def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor,
+           runner=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask logits (B × 1 × 4h × 4w) and predicted IoU (B × 1) for B prompts (`sparse` B × T × C) on one image:
     `MaskDecoder.predict_masks` with `multimask_output=False`. On a CPU the prompts run one at a time: a prompt's
-    image-sized tensors (4 MB each) then stay in the cache, and 4 prompts took 135 ms instead of 177 batched."""
-    if sparse.shape[0] > 1 and sparse.device.type == "cpu":
-        logits, iou = zip(*(_decode(decoder, image, sparse[i:i + 1]) for i in range(sparse.shape[0])))
-        return torch.cat(logits), torch.cat(iou)
-    return _decode(decoder, image, sparse)
+    image-sized tensors (4 MB each) then stay in the cache, and 4 prompts took 135 ms instead of 177 batched; there a
+    `runner` (`coreseg.modeling.decoder_backend.DecoderRunner`) runs each prompt's pass where it can."""
+    if sparse.device.type != "cpu":
+        return _decode(decoder, image, sparse)
+    passes = [(runner and runner(image, sparse[i:i + 1])) or _decode(decoder, image, sparse[i:i + 1])
+              for i in range(sparse.shape[0])]
+    logits, iou = zip(*passes)
+    return torch.cat(logits), torch.cat(iou)
 
 
 def _decode(decoder: nn.Module, image: ImageSide, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

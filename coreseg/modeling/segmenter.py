@@ -3,6 +3,8 @@
 (points, boxes) are given in that frame (`coreseg.geometry.Frames` converts to and from it)."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,8 @@ from coreseg.config import SegmenterConfig
 from coreseg.geometry import LOW_RES, logits_to_mask, mask_to_low_res  # noqa: F401  (the frames live in geometry)
 from coreseg.modeling.mask_decoding import ImageSide, prepare_image
 from coreseg.modeling.mask_decoding import decode as decode_prepared
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -87,12 +91,26 @@ class Segmenter(nn.Module):
 
     def use_encoder_backend(self, backend: str = "auto", threads: int | None = None) -> str:
         """Run the frozen encoder with a faster, equality-checked runtime (see `encoder_backend`);
-        returns the backend in use ("eager" when none passes or the model is on CUDA)."""
+        returns the backend in use ("eager" when none passes or the model is on CUDA). Where it is not eager, the
+        mask decoder's inference passes run with ONNX Runtime too where it is installed and passes its own check
+        (`decoder_backend`; training keeps PyTorch)."""
+        from coreseg.modeling.decoder_backend import DecoderRunner
         from coreseg.modeling.encoder_backend import EncoderRunner
 
         runner = EncoderRunner(self.image_encoder, self.image_size, backend, threads)
         self.__dict__["_encoder_runner"] = runner  # not a submodule: it holds no parameters of its own
+        decoder = None
+        if runner.backend != "eager":
+            try:
+                decoder = DecoderRunner(self.mask_decoder, tuple(self.prompt_encoder.image_embedding_size), threads)
+            except Exception as error:  # the encoder's runtime stays; the decoder runs in PyTorch
+                log.info("mask decoder on PyTorch (%s: %s)", type(error).__name__, error)
+        self.__dict__["_decoder_runner"] = decoder
         return runner.backend
+
+    @property
+    def decoder_backend(self) -> str:
+        return "eager" if self.__dict__.get("_decoder_runner") is None else "onnxruntime"
 
     @property
     def encoder_backend(self) -> str:
@@ -153,7 +171,7 @@ class Segmenter(nn.Module):
         one_image = embeddings.shape[0] == 1 or embeddings.stride(0) == 0
         if one_image and (mask_input is None or mask_input.shape[0] == 1):
             side = image_side or self.image_side(embeddings[:1], mask_input)
-            return decode_prepared(self.mask_decoder, side, sparse)
+            return decode_prepared(self.mask_decoder, side, sparse, self.__dict__.get("_decoder_runner"))
         if embeddings.shape[0] != batch:
             embeddings = embeddings.expand(batch, -1, -1, -1)
         logits, scores = [], []
