@@ -43,6 +43,7 @@ def test_the_onnx_decoder_draws_pytorchs_masks_and_leaves_training_to_pytorch():
     assert seg.use_encoder_backend("onnxruntime", threads=1) == "onnxruntime"
     assert seg.decoder_backend == "onnxruntime"
     runner = seg.__dict__["_decoder_runner"]
+    assert runner.check["passed"] and runner.check["max_abs_diff"] < TOLERANCE
     calls = []
     original = runner.session.run
     runner.session.run = lambda *a, **k: calls.append(1) or original(*a, **k)
