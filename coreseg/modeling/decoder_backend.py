@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from itertools import chain
 
 import numpy as np
 import torch
 from torch import nn
 
-from coreseg.modeling.encoder_backend import _weights_key, cache_dir, runtime_version
+from coreseg.modeling.encoder_backend import weights_key, cache_dir, runtime_version
 from coreseg.modeling.mask_decoding import ImageSide, _decode, prepare_image
 
 TOLERANCE = 1e-3      # max |Δ| of the mask logits against PyTorch (logits are O(10))
@@ -42,8 +43,8 @@ class _OnePrompt(nn.Module):
 
 
 def _weights_version(module: nn.Module) -> int:
-    """A number that changes whenever one of the module's tensors is modified in place."""
-    return sum(t._version for t in module.state_dict().values())
+    """A number that changes whenever one of the module's parameters or buffers is modified in place."""
+    return sum(t._version for t in chain(module.parameters(), module.buffers()))
 
 
 class DecoderRunner:
@@ -62,7 +63,7 @@ class DecoderRunner:
                                f"(tolerance {TOLERANCE})")
 
     def _export(self):
-        path = cache_dir() / f"decoder-{_weights_key(self.decoder, self.size[0], 1)}.onnx"
+        path = cache_dir() / f"decoder-{weights_key(self.decoder, self.size[0], 1)}.onnx"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")

@@ -39,7 +39,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CORESEG_CACHE", Path.home() / ".cache" / "coreseg")) / "encoders"
 
 
-def _weights_key(module: nn.Module, image_size: int, batch: int) -> str:
+def weights_key(module: nn.Module, image_size: int, batch: int) -> str:
+    """A short hash of a module's weights, the export's input size and batch and torch's version: an export's name."""
     digest = hashlib.sha256(f"{type(module).__name__}:{image_size}:{batch}:{torch.__version__}".encode())
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -49,7 +50,7 @@ def _weights_key(module: nn.Module, image_size: int, batch: int) -> str:
 
 def export_onnx(module: nn.Module, image_size: int, batch: int = 1) -> Path:
     """The module as an ONNX file for a fixed batch (exported once, atomically; needs the `onnx` package)."""
-    path = cache_dir() / f"encoder-{_weights_key(module, image_size, batch)}.onnx"
+    path = cache_dir() / f"encoder-{weights_key(module, image_size, batch)}.onnx"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
