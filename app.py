@@ -109,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     studio = demo.coreseg_studio
-    log.info("serving model %s (%s, encoder backend %s) on %s:%s", studio.predictor.model_version,
-             "trained" if studio.predictor.trained else "UNTRAINED", studio.predictor.model.segmenter.encoder_backend,
-             config.host, config.port)
+    segmenter = studio.predictor.model.segmenter
+    log.info("serving model %s (%s, encoder backend %s, mask decoder %s) on %s:%s", studio.predictor.model_version,
+             "trained" if studio.predictor.trained else "UNTRAINED", segmenter.encoder_backend,
+             segmenter.decoder_backend, config.host, config.port)
     launch_app(demo)
     return 0
 

@@ -31,7 +31,7 @@ def summary(report: dict) -> str:
         else:
             head = f"{c['target']}, {len(c['boxes'])} box(es), mask {c['mask_area']} px, score {c['mask_score']:.2f}"
         agreed = sum(f["agrees"] for f in c["findings"])
-        revised = "; words measured on a first mask" if c["sampling"].get("revised_from") is not None else ""
+        revised = "; words measured on a first look" if c["sampling"].get("revised_from") is not None else ""
         lines.append(f"candidate {k}: {head}; claims agreeing with its mask: {agreed}/{len(c['findings'])}{revised}")
         lines += [f"  {'✔' if f['agrees'] else '✘'} {f['claim']}: stated {f['stated']}, measured {f['measured']}"
                   for f in c["findings"]]

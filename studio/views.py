@@ -56,8 +56,8 @@ def candidate_markdown(index: int, card: dict) -> str:
             rows.append(f"- {mark} {esc(f.get('claim'))}{measured}")
         lines.append("**Findings checked against the mask:**\n" + "\n".join(rows))
     if (card.get("sampling") or {}).get("revised_from") is not None:
-        lines.append("_Where, how large, what shape and how many parts were measured on a first mask, and this mask "
-                     "was drawn again from those words._")
+        lines.append("_Where, how large, what shape and how many parts were measured on a first look at the lesion "
+                     "(the mask drawn in its box), and this mask was drawn from those words._")
     if card.get("parse_errors"):
         lines.append(f"⚠ {esc('; '.join(card['parse_errors']))}")
         lines.append(f"<details><summary>raw answer</summary>\n\n{esc(card['text'])}\n\n</details>")

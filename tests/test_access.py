@@ -274,8 +274,8 @@ def test_cards_show_absent_answers_findings_and_escape_everything():
                          {"claim": "in the upper left", "measured": "lower right", "agrees": False}]}
     page = render(candidate_markdown(1, card))
     assert "✔ an oval mass &lt;b&gt;x&lt;/b&gt;" in page and "✘ in the upper left" in page
-    assert "measured on a first mask" not in page
-    assert "measured on a first mask" in candidate_markdown(1, {**card, "sampling": {"revised_from": 40}})
+    assert "measured on a first look" not in page
+    assert "measured on a first look" in candidate_markdown(1, {**card, "sampling": {"revised_from": 40}})
     assert "<img" not in page and "<form" not in page and "<script" not in page and "<b>x" not in page
     fb = {"id": 1, "case_id": 2, "run_id": 3, "annotator": "<i>eve</i>", "status": "submitted", "correction": None,
           "ranking": {}, "ratings": {}, "edited_reasoning": HOSTILE, "comment": None,
