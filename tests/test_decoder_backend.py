@@ -68,6 +68,7 @@ def test_a_weight_changed_in_place_sends_the_decoder_back_to_pytorch():
         before = seg.decode(embedding, probe=probe, boxes=boxes)[0]
         seg.mask_decoder.output_hypernetworks_mlps[0].layers[-1].bias.add_(3.0)   # an optimiser step's kind of change
         after = seg.decode(embedding, probe=probe, boxes=boxes)[0]
+        assert seg.decoder_backend == "eager"   # the runner gave its export up
         seg.__dict__["_decoder_runner"] = None
         pytorch = seg.decode(embedding, probe=probe, boxes=boxes)[0]
     assert float((after - before).abs().max()) > 0.1   # the export's old weights would have drawn `before`

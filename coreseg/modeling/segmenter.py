@@ -110,7 +110,8 @@ class Segmenter(nn.Module):
 
     @property
     def decoder_backend(self) -> str:
-        return "eager" if self.__dict__.get("_decoder_runner") is None else "onnxruntime"
+        runner = self.__dict__.get("_decoder_runner")
+        return "eager" if runner is None or runner.session is None else "onnxruntime"
 
     @property
     def encoder_backend(self) -> str:
