@@ -22,7 +22,7 @@ import numpy as np
 
 from coreseg.answer import parse_answer, render_answer
 from coreseg.findings import (ORIENTATION_SENTENCES, PARTS_SENTENCES, SHAPE_WHY, SHARE, SIZE_SUFFIX, VOCAB,
-                              check_answer, first_match, location_agrees, location_cells, location_match,
+                              first_match, location_agrees, location_cells, location_match,
                               number_words, own_mask_measure, read_statements, share_words, words_to_int)
 
 _ARTICLE = re.compile(r"\b([Aa]n?) $")
@@ -100,11 +100,6 @@ def _revise_parts(text: str, parts: int) -> str:
 
 
 REVISED_CLAIMS = ("location", "size", "shape", "parts")   # the checked claims a revision rewrites
-
-
-def disagrees(text: str, mask: np.ndarray) -> bool:
-    """Whether a checked claim that a revision rewrites (`REVISED_CLAIMS`) disagrees with `mask`."""
-    return disagreeing(check_answer(text, mask))
 
 
 def disagreeing(findings) -> bool:

@@ -20,7 +20,7 @@ from coreseg.claim_revision import disagreeing, revise_claims
 from coreseg.embedding_cache import EmbeddingCache, pixel_key
 from coreseg.findings import panel_region, read_panel
 from coreseg.geometry import Frames
-from coreseg.modeling.sampling import Sampled
+from coreseg.modeling.sampling import Sampled, first_difference
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -191,7 +191,7 @@ class CoreSegPredictor:
                 [image] * len(rows), embedding.expand(len(rows), -1, -1, -1), [question] * len(rows), new_ids)
         new_logps, starts = [], []
         for i, new, step in zip(rows, new_ids, logits):
-            start = next((k for k, (a, b) in enumerate(zip(ids[i], new)) if a != b), min(len(ids[i]), len(new)))
+            start = first_difference(ids[i], new)
             plain = torch.log_softmax(step.float(), dim=-1).gather(-1, torch.tensor(new, device=step.device)[:, None])
             new_logps.append(logps[i][:start] + plain[start:, 0].tolist())
             starts.append(start)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from coreseg.answer import parse_answer, render_answer
-from coreseg.claim_revision import REVISED_CLAIMS, disagrees, revise_claims
+from coreseg.claim_revision import REVISED_CLAIMS, disagreeing, revise_claims
 from coreseg.findings import check_answer, read_statements, unsupported_claims
 from trainers.reasoning import build_sample
 
@@ -105,7 +105,7 @@ def test_the_shipped_model_revises_its_words_to_its_first_look_and_draws_the_mas
             assert look is not None and look.any()  # every answer here writes a box
             assert revised.text == revise_claims(plain.text, look)
             if revised.text != last.text:  # a later pass: only where the words disagreed with the mask drawn
-                assert disagrees(revised.text, revised.mask)
+                assert disagreeing(check_answer(revised.text, revised.mask))
             if revised.text == plain.text:
                 continue
             revised_count += 1

@@ -15,7 +15,7 @@ from coreseg.modeling.tokenizer import IM_END, IM_START
 from coreseg.modeling.box_pointer import ImageStates
 from coreseg.modeling.drafting import DRAFT_LENGTH, NgramDrafter
 from coreseg.modeling.kv_decoder import KVDecoder
-from coreseg.modeling.sampling import Sampled, sample_tokens
+from coreseg.modeling.sampling import Sampled, first_difference, sample_tokens
 
 EMBEDDING_DIM = 256  # SAM image embeddings have 256 channels
 
@@ -109,8 +109,8 @@ class CompactReasoner(nn.Module):
         decoder and states), computed from the first token where each differs from its row's sampled tokens: the
         prompt and the tokens before are read from sampling's keys, values and states."""
         decoder, prompt = sampled.decoder, sampled.decoder.prompt_states
-        starts = [min(next((k for k, (a, b) in enumerate(zip(sampled.ids[r], c)) if a != b), len(c) - 1),
-                      len(c) - 1, sampled.hidden[r].shape[0]) for r, c in zip(rows, completions)]
+        starts = [min(first_difference(sampled.ids[r], c), len(c) - 1, sampled.hidden[r].shape[0])
+                  for r, c in zip(rows, completions)]
         tails = [c[k:] for c, k in zip(completions, starts)]
         width = max(len(t) for t in tails)
         branch = decoder.branch(rows, [prompt.shape[0] + k for k in starts], prompt.shape[0] + max(starts) + width)

@@ -138,9 +138,8 @@ class CoreSeg(nn.Module):
         logits, _ = self.segmenter.decode(embedding, boxes=box[None].float() * self.segmenter.image_size,
                                           image_side=image_side)
         drawn = mask_box((logits[0, 0] > 0).cpu().numpy())
-        if drawn is None:
-            return box, logits[0]
-        return torch.tensor(drawn, dtype=torch.float32) / logits.shape[-1], logits[0]
+        refined = box if drawn is None else torch.tensor(drawn, dtype=torch.float32) / logits.shape[-1]
+        return refined, logits[0]
 
     def box_writer_loss(self, hidden: list[torch.Tensor], completions: list[list[int]], image: list[ImageStates],
                         boxes: list[list], target_masks: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,12 @@ class Sampled:
         return Sampled(ids, logps, hidden, image)
 
 
+def first_difference(a: list[int], b: list[int]) -> int:
+    """The index of the first token where two completions differ (the shorter's length where one begins the other):
+    where a revised answer's tokens leave the sampled ones."""
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def nucleus_mask(probs: torch.Tensor, top_p: float, head: int = 64) -> torch.Tensor:
     """Boolean mask (same shape) of the smallest set of most likely tokens whose mass reaches `top_p`.
 
