@@ -93,24 +93,33 @@ class Segmenter(nn.Module):
         """Run the frozen encoder with a faster, equality-checked runtime (see `encoder_backend`);
         returns the backend in use ("eager" when none passes or the model is on CUDA). Where it is not eager, the
         mask decoder's inference passes run with ONNX Runtime too where it is installed and passes its own check
-        (`decoder_backend`; training keeps PyTorch)."""
-        from coreseg.modeling.decoder_backend import DecoderRunner
+        (`decoder_runner`; training keeps PyTorch)."""
         from coreseg.modeling.encoder_backend import EncoderRunner
 
         runner = EncoderRunner(self.image_encoder, self.image_size, backend, threads)
         self.__dict__["_encoder_runner"] = runner  # not a submodule: it holds no parameters of its own
-        decoder = None
-        if runner.backend != "eager":
+        self.__dict__["_decoder_runner"] = None
+        self.__dict__["_decoder_pending"] = runner.backend != "eager"   # built at the first inference pass
+        self.__dict__["_decoder_threads"] = threads
+        return runner.backend
+
+    def decoder_runner(self):
+        """The mask decoder's ONNX Runtime runner (`decoder_backend`), built at the first inference pass that can use
+        it (callers that only encode, such as `trainers.features`, never export the decoder); None where the decoder
+        runs in PyTorch."""
+        if self.__dict__.pop("_decoder_pending", False):
+            from coreseg.modeling.decoder_backend import DecoderRunner
+
             try:
-                decoder = DecoderRunner(self.mask_decoder, tuple(self.prompt_encoder.image_embedding_size), threads)
+                self.__dict__["_decoder_runner"] = DecoderRunner(
+                    self.mask_decoder, tuple(self.prompt_encoder.image_embedding_size), self.__dict__["_decoder_threads"])
             except Exception as error:  # the encoder's runtime stays; the decoder runs in PyTorch
                 log.info("mask decoder on PyTorch (%s: %s)", type(error).__name__, error)
-        self.__dict__["_decoder_runner"] = decoder
-        return runner.backend
+        return self.__dict__.get("_decoder_runner")
 
     @property
     def decoder_backend(self) -> str:
-        runner = self.__dict__.get("_decoder_runner")
+        runner = self.decoder_runner()
         return "eager" if runner is None or runner.session is None else "onnxruntime"
 
     @property
@@ -172,7 +181,8 @@ class Segmenter(nn.Module):
         one_image = embeddings.shape[0] == 1 or embeddings.stride(0) == 0
         if one_image and (mask_input is None or mask_input.shape[0] == 1):
             side = image_side or self.image_side(embeddings[:1], mask_input)
-            return decode_prepared(self.mask_decoder, side, sparse, self.__dict__.get("_decoder_runner"))
+            runner = None if torch.is_grad_enabled() else self.decoder_runner()
+            return decode_prepared(self.mask_decoder, side, sparse, runner)
         if embeddings.shape[0] != batch:
             embeddings = embeddings.expand(batch, -1, -1, -1)
         logits, scores = [], []
